@@ -1,0 +1,1 @@
+"""Adapters that turn batch sources into seqify Sequences."""

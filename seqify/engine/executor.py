@@ -1,0 +1,70 @@
+"""Owns an object's worker pool: lazy start, reuse, and guaranteed shutdown.
+
+One `Executor` per seqify object. The pool starts on first use and is reused
+across epochs and across fit/evaluate/predict. It is shut down by `close()`,
+when the object is garbage-collected (`weakref.finalize`), at interpreter
+exit, or right after a worker dies (the next use starts a fresh one).
+"""
+
+import threading
+import weakref
+
+from seqify.engine import errors
+from seqify.engine.inline_pool import InlinePool
+from seqify.engine.process_pool import ProcessPool
+from seqify.engine.thread_pool import ThreadPool
+
+
+def _close_pool(box):
+    pool = box.pop("pool", None)
+    if pool is not None:
+        pool.close()
+
+
+class Executor:
+    """Creates and owns the pool for `workers`/`use_multiprocessing`."""
+
+    def __init__(self, owner, workers: int, use_multiprocessing: bool, start_method=None, name="seqify"):
+        self.workers = workers
+        self.use_multiprocessing = use_multiprocessing and workers > 0
+        self.start_method = start_method
+        self.name = name
+        self._box = {}
+        self._lock = threading.Lock()
+        # The finalizer holds only the box, never `owner`, so it cannot keep
+        # the owner alive; atexit=True runs it at interpreter exit too.
+        self._finalizer = weakref.finalize(owner, _close_pool, self._box)
+
+    def pool(self, make_job):
+        """Returns the running pool, starting it with `make_job()` if needed."""
+        with self._lock:
+            pool = self._box.get("pool")
+            if pool is None:
+                job = make_job()
+                if self.workers == 0:
+                    pool = InlinePool(job)
+                elif self.use_multiprocessing:
+                    pool = ProcessPool(job, self.workers, self.start_method, self.name)
+                else:
+                    pool = ThreadPool(job, self.workers, self.name)
+                self._box["pool"] = pool
+            return pool
+
+    @property
+    def running_pool(self):
+        return self._box.get("pool")
+
+    def run(self, make_job, tasks, window, on_abandon=None):
+        """Ordered results of `tasks` on the pool; the pool is reset on worker death."""
+        from seqify.engine.pipeline import ordered
+
+        pool = self.pool(make_job)
+        try:
+            yield from ordered(pool, tasks, window, on_abandon)
+        except errors.WorkerDiedError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            _close_pool(self._box)

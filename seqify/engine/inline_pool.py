@@ -1,0 +1,35 @@
+"""The degenerate pool: batches are built on the consuming thread.
+
+Used for `workers=0`, for peeking at a batch (to infer a tf.data signature),
+and for direct `sequence[i]` access.
+"""
+
+
+class _Lazy:
+    __slots__ = ("_call",)
+
+    def __init__(self, call):
+        self._call = call
+
+    def result(self):
+        return self._call()
+
+    def discard(self):
+        self._call = None
+
+
+class InlinePool:
+    use_multiprocessing = False
+    num_workers = 0
+
+    def __init__(self, job):
+        self.job = job
+
+    def submit(self, kind, epoch, index, payload=None) -> _Lazy:
+        return _Lazy(lambda: self.job.run(kind, epoch, index, payload))
+
+    def update(self, job) -> None:
+        self.job = job
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,302 @@
+"""Persistent worker processes with shared-memory results.
+
+Design (see docs/design.md):
+- Workers start once (fork, spawn or forkserver) and live until `close()`,
+  garbage collection or interpreter exit. The job (dataset, batch function,
+  transform) is cloudpickled once and sent to each worker at start, never per
+  batch or per epoch.
+- Each worker has its own duplex pipe. Tasks are tiny (kind, epoch, index);
+  results carry arrays through shared memory (`shm_transport`), so the pipe
+  only moves names and shapes.
+- The main side waits on every pipe *and* every process sentinel at once, so a
+  worker that dies (signal, `os._exit`, OOM killer) is noticed immediately and
+  reported with its id, pid, exit code and the batches it held, never a hang.
+- Workers ignore SIGINT (Ctrl-C is the main process's to handle) and exit on
+  their own when the main process goes away.
+"""
+
+import itertools
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import threading
+import uuid
+
+import cloudpickle
+
+from seqify.engine import errors, shm_transport
+from seqify.engine.job import describe
+
+_UPDATE = "update"
+_POLL_SECONDS = 1.0
+
+
+def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, parent_pid):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        job = cloudpickle.loads(job_bytes)
+    except BaseException as exc:
+        errors.annotate(exc, f"while unpickling the dataset in worker process {worker_id}")
+        conn.send((None, False, errors.pack_exception(exc)))
+        return
+    del job_bytes
+    encoder = shm_transport.Encoder(f"{shm_prefix}w{worker_id}-")
+    while True:
+        try:
+            while not conn.poll(_POLL_SECONDS):
+                if os.getppid() != parent_pid:
+                    return  # orphaned: the main process is gone
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        task_id, kind, epoch, index, payload = message
+        if kind == _UPDATE:
+            job = cloudpickle.loads(payload)
+            continue
+        try:
+            if payload is not None:
+                payload = shm_transport.decode(payload)
+            reply = (task_id, True, encoder.encode(job.run(kind, epoch, index, payload, worker_id, num_workers, True)))
+        except BaseException as exc:
+            reply = (task_id, False, errors.pack_exception(exc))
+        try:
+            conn.send(reply)
+        except Exception as exc:  # e.g. a batch holding an unpicklable object
+            if reply[1]:
+                shm_transport.discard(reply[2])
+            errors.annotate(exc, f"while sending batch {index} back from worker process {worker_id}")
+            conn.send((task_id, False, errors.pack_exception(exc)))
+
+
+class _Worker:
+    __slots__ = ("worker_id", "process", "conn", "tasks")
+
+    def __init__(self, worker_id, process, conn):
+        self.worker_id = worker_id
+        self.process = process
+        self.conn = conn
+        self.tasks = {}  # task_id -> (kind, epoch, index)
+
+
+class _Handle:
+    __slots__ = ("_pool", "_task_id")
+
+    def __init__(self, pool, task_id):
+        self._pool = pool
+        self._task_id = task_id
+
+    def result(self):
+        return self._pool._result(self._task_id)
+
+    def discard(self):
+        self._pool._discard(self._task_id)
+
+
+class ProcessPool:
+    """`num_workers` processes running a cloudpickled `Job`.
+
+    Args:
+        job: a `seqify.engine.job.Job` (must cloudpickle).
+        num_workers: number of processes (>= 1).
+        start_method: "fork", "spawn", "forkserver" or None for the
+            platform default.
+        name: process name prefix.
+    """
+
+    use_multiprocessing = True
+
+    def __init__(self, job, num_workers: int, start_method=None, name: str = "seqify"):
+        self.num_workers = num_workers
+        self.start_method = start_method
+        self._name = name
+        self._job_bytes = cloudpickle.dumps(job)
+        self._workers = None
+        self._task_ids = itertools.count()
+        self._results = {}  # task_id -> (ok, payload)
+        self._discarded = set()
+        self._owner = {}  # task_id -> _Worker
+        self._lock = threading.RLock()
+        self.shm_prefix = None
+
+    # -- life cycle -------------------------------------------------------
+    def _start(self):
+        context = multiprocessing.get_context(self.start_method)
+        self.shm_prefix = f"seqify-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+        self._encoder = shm_transport.Encoder(f"{self.shm_prefix}m-")
+        workers = []
+        try:
+            for worker_id in range(self.num_workers):
+                parent_conn, child_conn = context.Pipe(duplex=True)
+                process = context.Process(
+                    target=_worker_main,
+                    args=(child_conn, self._job_bytes, worker_id, self.num_workers, self.shm_prefix, os.getpid()),
+                    name=f"{self._name}-worker-{worker_id}",
+                    daemon=True,
+                )
+                process.start()
+                child_conn.close()
+                workers.append(_Worker(worker_id, process, parent_conn))
+        except BaseException:
+            self._workers = workers
+            self._teardown()
+            raise
+        self._workers = workers
+
+    @property
+    def pids(self):
+        return [w.process.pid for w in self._workers or ()]
+
+    def update(self, job) -> None:
+        """Ships a new version of the job to every worker (ordered before later tasks)."""
+        with self._lock:
+            self._job_bytes = cloudpickle.dumps(job)
+            if self._workers is not None:
+                for worker in self._workers:
+                    worker.conn.send((None, _UPDATE, 0, 0, self._job_bytes))
+
+    def close(self) -> None:
+        """Stops the workers and frees every shared-memory segment. Idempotent."""
+        with self._lock:
+            self._teardown(graceful=True)
+
+    def _teardown(self, graceful=False):
+        workers, self._workers = self._workers, None
+        if workers:
+            if graceful:
+                for worker in workers:
+                    try:
+                        worker.conn.send(None)
+                    except OSError:
+                        pass
+                for worker in workers:
+                    worker.process.join(timeout=2.0)
+            for worker in workers:
+                if worker.process.is_alive():
+                    worker.process.terminate()
+            for worker in workers:
+                worker.process.join(timeout=2.0)
+                if worker.process.is_alive():
+                    worker.process.kill()
+                    worker.process.join()
+                worker.conn.close()
+                worker.process.close()
+        # Results received but never consumed still own shm segments.
+        for ok, payload in self._results.values():
+            if ok:
+                shm_transport.discard(payload)
+        self._results.clear()
+        self._discarded.clear()
+        self._owner.clear()
+        if self.shm_prefix:
+            shm_transport.sweep(self.shm_prefix)
+
+    # -- tasks ------------------------------------------------------------
+    def submit(self, kind, epoch, index, payload=None) -> _Handle:
+        with self._lock:
+            if self._workers is None:
+                self._start()
+            worker = min(self._workers, key=lambda w: len(w.tasks))
+            task_id = next(self._task_ids)
+            worker.tasks[task_id] = (kind, epoch, index)
+            self._owner[task_id] = worker
+            if payload is not None:
+                payload = self._encoder.encode(payload)
+            try:
+                worker.conn.send((task_id, kind, epoch, index, payload))
+            except OSError:
+                self._check_alive()
+                raise
+            return _Handle(self, task_id)
+
+    def _discard(self, task_id):
+        with self._lock:
+            done = self._results.pop(task_id, None)
+            if done is not None:
+                if done[0]:
+                    shm_transport.discard(done[1])
+            elif task_id in self._owner:
+                self._discarded.add(task_id)
+
+    def _result(self, task_id):
+        with self._lock:
+            while task_id not in self._results:
+                if self._workers is None or task_id not in self._owner:
+                    raise RuntimeError("seqify: the worker pool was closed while a batch was pending.")
+                self._pump()
+            ok, payload = self._results.pop(task_id)
+        if ok:
+            return shm_transport.decode(payload)
+        kind, epoch, index = payload[1]
+        raise errors.unpack_exception(payload[0], describe(kind, epoch, index, payload[2], True))
+
+    def _pump(self):
+        """Receives whatever is ready; raises WorkerDiedError if a worker died."""
+        by_conn = {w.conn: w for w in self._workers}
+        ready = multiprocessing.connection.wait(list(by_conn), timeout=_POLL_SECONDS)
+        closed = False
+        for conn in ready:
+            if not self._receive(by_conn[conn]):
+                closed = True
+        if closed or not ready:
+            self._check_alive(closed)
+
+    def _receive(self, worker) -> bool:
+        try:
+            task_id, ok, payload = worker.conn.recv()
+        except (EOFError, OSError):
+            return False
+        if task_id is None:  # the worker failed to start
+            self._teardown()
+            raise errors.unpack_exception(payload, f"while starting worker process {worker.worker_id}")
+        kind, epoch, index = worker.tasks.pop(task_id)
+        self._owner.pop(task_id, None)
+        if task_id in self._discarded:
+            self._discarded.discard(task_id)
+            if ok:
+                shm_transport.discard(payload)
+            return True
+        if not ok:
+            payload = (payload, (kind, epoch, index), worker.worker_id)
+        self._results[task_id] = (ok, payload)
+        return True
+
+    def _check_alive(self, pipe_closed=False):
+        for worker in self._workers or ():
+            if pipe_closed:
+                worker.process.join(timeout=0.5)  # its pipe closed: it is exiting
+            if worker.process.is_alive():
+                continue
+            # Keep what it managed to send before it died.
+            try:
+                while worker.conn.poll(0) and self._receive(worker):
+                    pass
+            except (EOFError, OSError):
+                pass
+            self._raise_died(worker)
+
+    def _raise_died(self, worker):
+        code = worker.process.exitcode
+        pid = worker.process.pid
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        pending = sorted(worker.tasks.values(), key=lambda t: (t[1], t[2]))
+        if pending:
+            held = ", ".join(f"batch {index} (epoch {epoch})" for _, epoch, index in pending)
+            what = f" while building {held}"
+        else:
+            what = " while idle"
+        self._teardown()
+        raise errors.WorkerDiedError(
+            f"seqify worker process {worker.worker_id} (pid {pid}) {how}{what}. "
+            "This is usually the out-of-memory killer (lower `max_queue_size` or the "
+            "batch size) or a crash in native code. The pool was shut down; the next "
+            "epoch starts a fresh one."
+        )

@@ -1,0 +1,68 @@
+"""Persistent worker threads.
+
+Threads suit GIL-releasing work (numpy, I/O, TF ops): they share the dataset
+object, so nothing is copied. The pool is started on first use and reused
+across epochs and across fit/evaluate/predict until closed.
+"""
+
+import concurrent.futures
+import itertools
+import threading
+
+from seqify.engine import errors
+
+
+class _Handle:
+    __slots__ = ("_future",)
+
+    def __init__(self, future):
+        self._future = future
+
+    def result(self):
+        return self._future.result()
+
+    def discard(self):
+        self._future.cancel()
+
+
+class ThreadPool:
+    """`num_workers` threads running `job.run`; results as futures.
+
+    Args:
+        job: a `seqify.engine.job.Job`.
+        num_workers: number of threads (>= 1).
+        name: prefix for thread names.
+    """
+
+    use_multiprocessing = False
+
+    def __init__(self, job, num_workers: int, name: str = "seqify"):
+        self.job = job
+        self.num_workers = num_workers
+        self._name = name
+        self._executor = None
+        self._ids = itertools.count()
+        self._local = threading.local()
+
+    def _init_thread(self):
+        self._local.worker_id = next(self._ids)
+
+    def _run(self, kind, epoch, index, payload):
+        return self.job.run(kind, epoch, index, payload, self._local.worker_id, self.num_workers, False)
+
+    def submit(self, kind, epoch, index, payload=None) -> _Handle:
+        if self._executor is None:
+            self._ids = itertools.count()
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.num_workers, thread_name_prefix=self._name, initializer=self._init_thread
+            )
+        return _Handle(self._executor.submit(self._run, kind, epoch, index, payload))
+
+    def update(self, job) -> None:
+        # Threads share the object: nothing to ship.
+        self.job = job
+
+    def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,80 @@
+"""What a batch function knows about the batch it is building.
+
+`worker_info()` is set around every call into user code (on a worker thread,
+a worker process, or the main thread), so augmentations can draw from a
+random generator seeded by (seed, epoch, batch index) alone. The same epoch is
+therefore bit-for-bit identical whatever `workers` and `use_multiprocessing`
+are, and different batches still get different randomness.
+"""
+
+import contextlib
+import dataclasses
+import threading
+from typing import Iterator, Optional
+
+import numpy as np
+
+__all__ = ["WorkerInfo", "worker_info"]
+
+_state = threading.local()
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """Facts about the batch being built and the worker building it.
+
+    Attributes:
+        worker_id: index of the worker in its pool, `0..num_workers-1`
+            (`-1` when the batch is built on the caller's thread).
+        num_workers: number of workers in the pool (`0` when inline).
+        epoch: pass number over the data, starting at 0.
+        index: batch index (for streams: position in the stream).
+        seed: the object's seed (drawn at random at construction if the
+            user gave none).
+        use_multiprocessing: whether the worker is a process.
+    """
+
+    worker_id: int
+    num_workers: int
+    epoch: int
+    index: int
+    seed: int
+    use_multiprocessing: bool = False
+
+    def rng(self) -> np.random.Generator:
+        """A generator seeded by (seed, epoch, index) only.
+
+        Returns:
+            A fresh `numpy.random.Generator`; calling it twice for the same
+            batch gives the same stream.
+
+        Example:
+
+        ```python
+        def make_batch(i):
+            rng = seqify.worker_info().rng()
+            return (rng.normal(size=(32, 8)),)
+        ```
+        """
+        return np.random.default_rng([self.seed, self.epoch, self.index])
+
+
+def worker_info() -> Optional[WorkerInfo]:
+    """Returns the `WorkerInfo` of the batch being built, or None outside one.
+
+    Returns:
+        The current `WorkerInfo`, or `None` when not called from inside a
+        seqify batch function, transform or sharded generator.
+    """
+    return getattr(_state, "info", None)
+
+
+@contextlib.contextmanager
+def building(info: WorkerInfo) -> Iterator[None]:
+    """Sets `worker_info()` for the duration of one call into user code."""
+    previous = getattr(_state, "info", None)
+    _state.info = info
+    try:
+        yield
+    finally:
+        _state.info = previous

@@ -1,0 +1,155 @@
+"""How Keras 3's `fit`/`evaluate`/`predict` consume a seqify Sequence.
+
+Keras picks a data adapter per call in
+`keras.src.trainers.data_adapters.get_data_adapter`. For a PyDataset it builds
+a `PyDatasetAdapter`, which would run Keras's own enqueuer (a pool re-created
+every epoch, batches pickled through pipes) and shuffle batch indices with
+Python's global `random`. seqify wraps that one function so that a seqify
+Sequence gets a `SequenceAdapter` instead; every other input goes to Keras
+unchanged. The adapter:
+- iterates seqify's engine (persistent pool, shared memory, ordered);
+- applies `class_weight` exactly as Keras's PyDatasetAdapter does;
+- calls the Sequence's `on_epoch_begin`/`on_epoch_end` once per epoch;
+- infers the tf.data signature without consuming a batch.
+See docs/design.md ("How fit drives a seqify object").
+"""
+
+import functools
+
+from keras.src.trainers.data_adapters import data_adapter_utils
+from keras.src.trainers.data_adapters.data_adapter import DataAdapter
+
+_sequence_class = None
+
+
+class SequenceAdapter(DataAdapter):
+    """Keras DataAdapter over a seqify Sequence, one per fit/evaluate/predict call."""
+
+    def __init__(self, sequence, class_weight=None):
+        self.sequence = sequence
+        self.class_weight = class_weight
+        self._within_epoch = False
+
+    def _batches(self):
+        batches = self.sequence._seqify_iter_pass()
+        if self.class_weight is None:
+            return batches
+        return (self._weigh(batch) for batch in batches)
+
+    def _weigh(self, batch):
+        # Same rules as keras's PyDatasetAdapter._standardize_batch.
+        if isinstance(batch, dict):
+            return batch
+        if len(batch) == 3:
+            raise ValueError("You cannot specify `class_weight` and `sample_weight` at the same time.")
+        if len(batch) == 2:
+            sw = data_adapter_utils.class_weight_to_sample_weights(batch[1], self.class_weight)
+            batch = batch + (sw,)
+        return batch
+
+    def get_numpy_iterator(self):
+        return data_adapter_utils.get_numpy_iterator(self._batches())
+
+    def get_jax_iterator(self):
+        return data_adapter_utils.get_jax_iterator(self._batches())
+
+    def get_torch_dataloader(self):
+        return data_adapter_utils.get_torch_dataloader(self._batches())
+
+    def get_tf_dataset(self):
+        from keras.src.utils.module_utils import tensorflow as tf
+
+        signature = output_signature(self.sequence, self.class_weight)
+        ds = tf.data.Dataset.from_generator(self._batches, output_signature=signature)
+        # seqify's engine already runs ahead in parallel; tf.data's own
+        # autotuned threads would only compete with it for the cores.
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        options.threading.private_threadpool_size = 1
+        return ds.with_options(options).prefetch(2)
+
+    def on_epoch_begin(self):
+        if not self._within_epoch:
+            self._within_epoch = True
+            self.sequence.on_epoch_begin()
+
+    def on_epoch_end(self):
+        if self._within_epoch:
+            self._within_epoch = False
+            self.sequence.on_epoch_end()
+
+    @property
+    def num_batches(self):
+        return self.sequence._seqify_num_batches()
+
+    @property
+    def batch_size(self):
+        return None
+
+    @property
+    def has_partial_batch(self):
+        return None
+
+    @property
+    def partial_batch_size(self):
+        return None
+
+
+def output_signature(sequence, class_weight=None):
+    """tf.data signature of `sequence`'s batches (cached on the object)."""
+    runtime = sequence._seqify_runtime()
+    key = class_weight is not None
+    cached = runtime.extra.get(("spec", key))
+    if cached is not None:
+        return cached.value
+    from keras.src.utils.module_utils import tensorflow as tf
+
+    samples = sequence._seqify_peek()
+    if class_weight is not None:
+        samples = [SequenceAdapter(sequence, class_weight)._weigh(b) for b in samples]
+    spec = data_adapter_utils.get_tensor_spec(samples)
+
+    def relax_batch_dim(s):
+        # Batches may differ in size (the last one, or a stream's); the
+        # leading dimension is always the batch dimension.
+        if isinstance(s, tf.TensorSpec) and s.shape.rank:
+            return tf.TensorSpec([None] + s.shape.as_list()[1:], s.dtype, s.name)
+        return s
+
+    spec = tf.nest.map_structure(relax_batch_dim, spec)
+    runtime.extra[("spec", key)] = _Cached(spec)
+    return spec
+
+
+class _Cached:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def install(sequence_class) -> None:
+    """Routes seqify Sequences in `fit`/`evaluate`/`predict` to SequenceAdapter."""
+    global _sequence_class
+    _sequence_class = sequence_class
+    from keras.src.trainers import data_adapters
+
+    original = data_adapters.get_data_adapter
+    if getattr(original, "_seqify_original", None) is not None:
+        return
+
+    @functools.wraps(original)
+    def get_data_adapter(x, y=None, sample_weight=None, batch_size=None, steps_per_epoch=None, shuffle=False, class_weight=None):
+        if isinstance(x, _sequence_class):
+            if y is not None:
+                data_adapters.raise_unsupported_arg("y", "the targets", "seqify Sequence")
+            if sample_weight is not None:
+                data_adapters.raise_unsupported_arg("sample_weights", "the sample weights", "seqify Sequence")
+            # `shuffle` is deliberately not used: a seqify object owns its
+            # order (its own `shuffle`/`seed`), so fit's default shuffle=True
+            # can neither reorder a stream nor break reproducibility.
+            return SequenceAdapter(x, class_weight=class_weight)
+        return original(x, y, sample_weight, batch_size, steps_per_epoch, shuffle, class_weight)
+
+    get_data_adapter._seqify_original = original
+    data_adapters.get_data_adapter = get_data_adapter
