@@ -1,5 +1,6 @@
 """`from_generator`: a streaming generator as a buffered, lock-guarded Sequence."""
 
+import collections
 import collections.abc
 import inspect
 from typing import Callable, Optional
@@ -9,8 +10,8 @@ import numpy as np
 from seqify._pickling import check_picklable
 from seqify.engine.errors import StreamExhaustedError
 from seqify.engine.inline_pool import InlinePool
-from seqify.engine.job import TRANSFORM, Job
-from seqify.engine.pipeline import ordered
+from seqify.engine.job import SHARD, TRANSFORM, Job
+from seqify.engine.pipeline import discard_all, ordered
 from seqify.engine.stream import Stream, StreamEnd
 from seqify.sequence import Sequence, validate_worker_args
 
@@ -24,7 +25,7 @@ class GeneratorSequence(Sequence):
     can neither reorder nor duplicate it.
     """
 
-    def __init__(self, source, *, steps_per_epoch=None, args=(), kwargs=None, transform=None, buffer_size=None, workers=1, use_multiprocessing=False, max_queue_size=10, seed=None, start_method=None):
+    def __init__(self, source, *, steps_per_epoch=None, args=(), kwargs=None, transform=None, buffer_size=None, workers=1, use_multiprocessing=False, max_queue_size=10, seed=None, start_method=None, sharded=False):
         validate_worker_args(workers, use_multiprocessing, max_queue_size, start_method)
         kwargs = dict(kwargs or {})
         if not isinstance(args, (tuple, list)):
@@ -42,6 +43,13 @@ class GeneratorSequence(Sequence):
                 f"`source` must be a generator function, a generator/iterator, or an iterable of batches; "
                 f"got {type(source).__name__}."
             )
+        if sharded and kind != "function":
+            raise TypeError(
+                "sharded=True runs one generator per worker, so `source` must be a generator "
+                f"*function* (each worker calls it); got a {kind}."
+            )
+        if sharded and steps_per_epoch is None:
+            raise ValueError("sharded=True needs `steps_per_epoch` (batches per epoch, all shards together).")
         if steps_per_epoch is not None:
             if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, (int, np.integer)) or steps_per_epoch < 1:
                 raise ValueError(f"`steps_per_epoch` must be an int >= 1 (batches per epoch); got {steps_per_epoch!r}.")
@@ -66,6 +74,9 @@ class GeneratorSequence(Sequence):
             raise ValueError(f"`buffer_size` must be an int >= 1 (batches the producer may run ahead); got {buffer_size!r}.")
         if transform is not None and use_multiprocessing and workers > 0:
             check_picklable(transform, "transform")
+        if sharded and use_multiprocessing and workers > 0:
+            check_picklable(source, "source")
+            check_picklable((tuple(args), kwargs), "args/kwargs")
         super().__init__(workers, use_multiprocessing, max_queue_size, seed=seed, start_method=start_method)
         self._source = source
         self._source_kind = kind
@@ -74,6 +85,7 @@ class GeneratorSequence(Sequence):
         self._transform = transform
         self._buffer_size = int(buffer_size)
         self._num = num
+        self._sharded = bool(sharded)
 
     def __len__(self):
         return self._num
@@ -131,13 +143,63 @@ class GeneratorSequence(Sequence):
             ) from None
 
     def _seqify_make_job(self) -> Job:
+        if self._sharded:
+            return Job(transform=self._transform, seed=self.seed, shard_source=(self._source, self._args, self._kwargs))
         # Only the transform travels to workers; the stream stays here.
         return Job(transform=self._transform, seed=self.seed)
 
+    # -- sharded streams: one generator per worker, interleaved round-robin ----
+    def _shard_state(self):
+        runtime = self._seqify_runtime()
+        with runtime.lock:
+            state = runtime.extra.get("shards")
+            if state is None:
+                state = runtime.extra["shards"] = _ShardState()
+            return state
+
+    def _sharded_tasks(self, epoch, count, state, shards):
+        for _ in range(count):
+            index = state.take_index()
+            # Stream item g always comes from shard g % shards: the
+            # interleaving is fixed by construction, not by timing.
+            yield SHARD, epoch, index, None, index % shards
+
+    def _iter_sharded_pass(self):
+        runtime = self._seqify_runtime()
+        epoch = runtime.next_epoch()
+        executor = self._seqify_executor()
+        state = self._shard_state()
+        shards = max(executor.workers, 1)
+        window = max(int(self.max_queue_size), shards, 1)
+
+        def keep(pending):
+            # Items already pulled from shard generators are kept for the
+            # next pass rather than lost.
+            try:
+                for index, _, handle in pending:
+                    state.head.append((index, handle.result()))
+            except BaseException:
+                discard_all(pending)
+
+        served = 0
+        while state.head and served < self._num:
+            yield state.head.popleft()[1]
+            served += 1
+        tasks = self._sharded_tasks(epoch, self._num - served, state, shards)
+        yield from executor.run(self._seqify_make_job, tasks, window, keep)
+
     def _seqify_iter_pass(self):
+        if self._sharded:
+            return self._iter_sharded_pass()
         runtime = self._seqify_runtime()
         epoch = runtime.next_epoch()
         stream = self._stream()
+
+        def put_back(pending):
+            # Batches already taken from the stream but not consumed go back
+            # to its front, so the next pass starts with them.
+            discard_all(pending)
+            stream.push_front([(index, raw) for index, raw, _ in pending])
 
         def tasks():
             for position in range(self._num):
@@ -146,12 +208,20 @@ class GeneratorSequence(Sequence):
 
         if self._transform is None or self.workers == 0:
             # Nothing to parallelize: hand each batch out as it arrives.
-            return ordered(InlinePool(self._seqify_make_job()), tasks(), 1, stream.push_front)
+            return ordered(InlinePool(self._seqify_make_job()), tasks(), 1, put_back)
         executor = self._seqify_executor()
         window = max(int(self.max_queue_size), executor.workers, 1)
-        return executor.run(self._seqify_make_job, tasks(), window, stream.push_front)
+        return executor.run(self._seqify_make_job, tasks(), window, put_back)
 
     def _seqify_peek(self):
+        if self._sharded:
+            state = self._shard_state()
+            if not state.head:
+                executor = self._seqify_executor()
+                shards = max(executor.workers, 1)
+                task = next(self._sharded_tasks(0, 1, state, shards))
+                state.head.append((task[2], executor.pool(self._seqify_make_job).submit(*task).result()))
+            return [state.head[0][1]]
         stream = self._stream()
         first = self._next_raw(stream, 0, 0)
         try:
@@ -160,12 +230,30 @@ class GeneratorSequence(Sequence):
             stream.push_front([first])
 
     def __getitem__(self, index):
+        if self._sharded:
+            raise TypeError(
+                "A sharded stream (sharded=True) has no random access: pass it to model.fit, "
+                "or iterate it, and its shards are interleaved round-robin."
+            )
         if not isinstance(index, (int, np.integer)) or not -self._num <= index < self._num:
             raise IndexError(f"batch index {index!r} out of range for {self._num} batches")
         position = int(index) % self._num
         stream = self._stream()
         item_index, raw = self._next_raw(stream, position, self._seqify_runtime().epoch + 1)
         return InlinePool(self._seqify_make_job()).submit(TRANSFORM, 0, item_index, raw).result()
+
+
+class _ShardState:
+    """Main-side bookkeeping of a sharded stream."""
+
+    def __init__(self):
+        self.next_index = 0
+        self.head = collections.deque()  # (index, batch) pulled but not yet served
+
+    def take_index(self) -> int:
+        index = self.next_index
+        self.next_index += 1
+        return index
 
 
 def from_generator(
@@ -181,6 +269,7 @@ def from_generator(
     max_queue_size: int = 10,
     seed: Optional[int] = None,
     start_method: Optional[str] = None,
+    sharded: bool = False,
 ) -> GeneratorSequence:
     """Adapts a legacy `fit_generator` generator into a Keras-ready Sequence.
 
@@ -209,6 +298,12 @@ def from_generator(
         max_queue_size: maximum number of batches in flight in the workers.
         seed: seed for `seqify.worker_info().rng()` inside `transform`.
         start_method: "fork", "spawn", "forkserver" or None.
+        sharded: run one generator per worker instead of one producer. Each
+            worker calls `source(*args, **kwargs)` itself; inside, use
+            `seqify.worker_info().worker_id` / `.num_workers` to pick its
+            shard. Stream item `g` always comes from shard `g % workers`, so
+            the interleaving is deterministic. `transform` runs on the same
+            worker. Needs `steps_per_epoch`.
 
     Returns:
         A `seqify.Sequence` (a `keras.utils.PyDataset`).
@@ -233,5 +328,5 @@ def from_generator(
     return GeneratorSequence(
         source, steps_per_epoch=steps_per_epoch, args=args, kwargs=kwargs, transform=transform,
         buffer_size=buffer_size, workers=workers, use_multiprocessing=use_multiprocessing,
-        max_queue_size=max_queue_size, seed=seed, start_method=start_method,
+        max_queue_size=max_queue_size, seed=seed, start_method=start_method, sharded=sharded,
     )

@@ -25,8 +25,10 @@ class InlinePool:
     def __init__(self, job):
         self.job = job
 
-    def submit(self, kind, epoch, index, payload=None) -> _Lazy:
-        return _Lazy(lambda: self.job.run(kind, epoch, index, payload))
+    def submit(self, kind, epoch, index, payload=None, worker=None) -> _Lazy:
+        if worker is None:
+            return _Lazy(lambda: self.job.run(kind, epoch, index, payload))
+        return _Lazy(lambda: self.job.run(kind, epoch, index, payload, worker, 1))
 
     def update(self, job) -> None:
         self.job = job

@@ -11,6 +11,7 @@ from seqify.engine.worker_info import WorkerInfo, building
 
 FETCH = "fetch"
 TRANSFORM = "transform"
+SHARD = "shard"
 
 
 class Job:
@@ -22,10 +23,31 @@ class Job:
         seed: integer seed for `WorkerInfo.rng()`.
     """
 
-    def __init__(self, fetch=None, transform=None, seed: int = 0):
+    def __init__(self, fetch=None, transform=None, seed: int = 0, shard_source=None):
         self.fetch = fetch
         self.transform = transform
         self.seed = seed
+        self.shard_source = shard_source  # (generator function, args, kwargs)
+        self._shards = {}  # worker id -> that worker's running shard generator
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_shards"] = {}  # running generators stay where they run
+        return state
+
+    def _next_from_shard(self, worker_id, num_workers):
+        iterator = self._shards.get(worker_id)
+        if iterator is None:
+            function, args, kwargs = self.shard_source
+            iterator = self._shards[worker_id] = iter(function(*args, **kwargs))
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise errors.StreamExhaustedError(
+                f"The shard generator of worker {worker_id} (of {num_workers}) ran dry. With "
+                "sharded=True each worker runs its own generator; each must yield at least its "
+                "share of `steps_per_epoch` every epoch (loop with `while True:`)."
+            ) from None
 
     def run(self, kind, epoch, index, payload, worker_id=-1, num_workers=0, use_multiprocessing=False):
         info = WorkerInfo(worker_id, num_workers, epoch, index, self.seed, use_multiprocessing)
@@ -35,6 +57,10 @@ class Job:
                     batch = self.fetch(index)
                 elif kind == TRANSFORM:
                     batch = self.transform(payload) if self.transform is not None else payload
+                elif kind == SHARD:
+                    batch = self._next_from_shard(worker_id, num_workers)
+                    if self.transform is not None:
+                        batch = self.transform(batch)
                 else:  # pragma: no cover - programming error
                     raise AssertionError(kind)
             return standardize_batch(batch, index)
@@ -44,7 +70,7 @@ class Job:
 
 
 def describe(kind, epoch, index, worker_id, use_multiprocessing) -> str:
-    what = "building batch" if kind == FETCH else "transforming stream batch"
+    what = {FETCH: "building batch", TRANSFORM: "transforming stream batch", SHARD: "reading stream batch"}[kind]
     if worker_id < 0:
         where = "on the calling thread"
     else:

@@ -2,12 +2,18 @@
 
 Keeps at most `window` tasks in flight and yields results in submission
 order, so output order never depends on which worker finished first. If the
-consumer stops early (generator closed, exception, Ctrl-C), every task still
-in flight is discarded and the unconsumed inputs are handed to `on_abandon`
-in order, so a stream can put them back: no batch is lost.
+consumer stops early (generator closed, exception, Ctrl-C), the tasks still
+in flight are handed to `on_abandon` in order; by default they are
+discarded. Streams use the hook to put unconsumed batches back, so no batch
+is lost.
 """
 
 import collections
+
+
+def discard_all(pending) -> None:
+    for _, _, handle in pending:
+        handle.discard()
 
 
 def ordered(pool, tasks, window, on_abandon=None):
@@ -15,10 +21,12 @@ def ordered(pool, tasks, window, on_abandon=None):
 
     Args:
         pool: a thread, process or inline pool.
-        tasks: iterable of `(kind, epoch, index, payload)`.
+        tasks: iterable of `(kind, epoch, index, payload)` or
+            `(kind, epoch, index, payload, worker)` (a pinned worker).
         window: maximum number of tasks in flight (>= 1).
-        on_abandon: called with the list of unconsumed `(index, payload)`
-            pairs, in order, if the iteration ends early.
+        on_abandon: called with the unconsumed `(index, payload, handle)`
+            triples, in order, if the iteration ends early; it owns the
+            handles (must discard or resolve them). Default: discard.
     """
     pending = collections.deque()
     tasks = iter(tasks)
@@ -32,20 +40,14 @@ def ordered(pool, tasks, window, on_abandon=None):
                 except StopIteration:
                     exhausted = True
                     break
-                pending.append(((task[2], task[3]), pool.submit(*task)))
+                pending.append((task[2], task[3], pool.submit(*task)))
             if not pending:
                 finished = True
                 return
-            payload, handle = pending.popleft()
-            try:
-                result = handle.result()
-            except BaseException:
-                pending.appendleft((payload, handle))
-                raise
+            index, payload, handle = pending[0]
+            result = handle.result()
+            pending.popleft()
             yield result
     finally:
         if not finished:
-            for _, handle in pending:
-                handle.discard()
-            if on_abandon is not None:
-                on_abandon([payload for payload, _ in pending])
+            (on_abandon or discard_all)(list(pending))

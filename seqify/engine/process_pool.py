@@ -194,11 +194,15 @@ class ProcessPool:
             shm_transport.sweep(self.shm_prefix)
 
     # -- tasks ------------------------------------------------------------
-    def submit(self, kind, epoch, index, payload=None) -> _Handle:
+    def submit(self, kind, epoch, index, payload=None, worker=None) -> _Handle:
+        """Sends one task; `worker` pins it to one worker (tasks then run in order)."""
         with self._lock:
             if self._workers is None:
                 self._start()
-            worker = min(self._workers, key=lambda w: len(w.tasks))
+            if worker is None:
+                worker = min(self._workers, key=lambda w: len(w.tasks))
+            else:
+                worker = self._workers[worker]
             task_id = next(self._task_ids)
             worker.tasks[task_id] = (kind, epoch, index)
             self._owner[task_id] = worker

@@ -43,14 +43,18 @@ class ThreadPool:
         self._executor = None
         self._ids = itertools.count()
         self._local = threading.local()
+        self._pinned = {}
 
-    def _init_thread(self):
-        self._local.worker_id = next(self._ids)
+    def _init_thread(self, worker_id=None):
+        self._local.worker_id = next(self._ids) if worker_id is None else worker_id
 
     def _run(self, kind, epoch, index, payload):
         return self.job.run(kind, epoch, index, payload, self._local.worker_id, self.num_workers, False)
 
-    def submit(self, kind, epoch, index, payload=None) -> _Handle:
+    def submit(self, kind, epoch, index, payload=None, worker=None) -> _Handle:
+        """Runs one task; `worker` pins it to one worker (tasks then run in order)."""
+        if worker is not None:
+            return _Handle(self._pinned_executor(worker).submit(self._run, kind, epoch, index, payload))
         if self._executor is None:
             self._ids = itertools.count()
             self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -58,11 +62,24 @@ class ThreadPool:
             )
         return _Handle(self._executor.submit(self._run, kind, epoch, index, payload))
 
+    def _pinned_executor(self, worker):
+        # One single-thread executor per pinned worker: its tasks (e.g. the
+        # next items of one shard generator) run one at a time, in order.
+        executor = self._pinned.get(worker)
+        if executor is None:
+            executor = self._pinned[worker] = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"{self._name}-w{worker}", initializer=self._init_thread, initargs=(worker,)
+            )
+        return executor
+
     def update(self, job) -> None:
         # Threads share the object: nothing to ship.
         self.job = job
 
     def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        executors = [self._executor, *self._pinned.values()]
+        self._executor = None
+        self._pinned = {}
+        for executor in executors:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
