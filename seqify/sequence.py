@@ -3,6 +3,7 @@
 import math
 import random
 import threading
+import weakref
 
 import cloudpickle
 import keras
@@ -28,8 +29,26 @@ def validate_worker_args(workers, use_multiprocessing, max_queue_size, start_met
 
 
 class _GetItem:
-    """Ships a user's Sequence subclass to workers as a batch function."""
+    """A user's Sequence subclass as a batch function.
 
+    Holds a weak reference so that thread pools do not keep the Sequence
+    alive; pickled (for process workers) it becomes a strong one.
+    """
+
+    def __init__(self, sequence):
+        self._ref = weakref.ref(sequence)
+
+    def __call__(self, index):
+        sequence = self._ref()
+        if sequence is None:
+            raise RuntimeError("the seqify Sequence was garbage-collected while its workers ran")
+        return sequence[index]
+
+    def __reduce__(self):
+        return _StrongGetItem, (self._ref(),)
+
+
+class _StrongGetItem:
     def __init__(self, sequence):
         self.sequence = sequence
 
@@ -100,6 +119,9 @@ class Sequence(keras.utils.PyDataset):
         runtime = self.__dict__.get("_seqify_rt")
         if runtime is None:
             runtime = self.__dict__["_seqify_rt"] = _Runtime()
+            # Pools and producer threads never reference the Sequence, so it
+            # can be collected; this then shuts them down (and at exit).
+            weakref.finalize(self, runtime.close)
         return runtime
 
     def _seqify_executor(self):
@@ -109,7 +131,7 @@ class Sequence(keras.utils.PyDataset):
             if runtime.executor is None or runtime.settings != settings:
                 if runtime.executor is not None:
                     runtime.executor.close()
-                runtime.executor = Executor(self, settings[0], settings[1], settings[2], name=type(self).__name__)
+                runtime.executor = Executor(settings[0], settings[1], settings[2], name=type(self).__name__)
                 runtime.settings = settings
             return runtime.executor
 
@@ -194,11 +216,12 @@ class _Runtime:
         with self.lock:
             if self.executor is not None:
                 self.executor.close()
-            for closer in list(self.extra.values()):
-                close = getattr(closer, "close", None)
+            # Streams keep their buffered items across close() (none is lost);
+            # only their producer threads stop.
+            for value in list(self.extra.values()):
+                close = getattr(value, "close", None)
                 if close is not None:
                     close()
-            self.extra.clear()
 
 
 def _restore(payload):

@@ -2,6 +2,7 @@
 
 import collections
 import collections.abc
+import functools
 import inspect
 from typing import Callable, Optional
 
@@ -100,27 +101,14 @@ class GeneratorSequence(Sequence):
         return super().__reduce_ex__(protocol)
 
     # -- stream ---------------------------------------------------------------
-    def _make_iterator(self):
-        if self._source_kind == "iterator":
-            return self._source
-        if self._source_kind == "iterable":
-            return iter(self._source)
-        produced = self._source(*self._args, **self._kwargs)
-        try:
-            return iter(produced)
-        except TypeError:
-            raise TypeError(
-                f"`source` was called as a generator function but returned {type(produced).__name__}, "
-                "not an iterator. Pass a generator function (one that uses `yield`)."
-            ) from None
-
     def _stream(self) -> Stream:
         runtime = self._seqify_runtime()
         with runtime.lock:
             stream = runtime.extra.get("stream")
             if stream is None:
+                factory = functools.partial(_make_iterator, self._source_kind, self._source, self._args, self._kwargs)
                 stream = runtime.extra["stream"] = Stream(
-                    self._make_iterator, self._source_kind != "iterator", self._buffer_size,
+                    factory, self._source_kind != "iterator", self._buffer_size,
                     name=f"{type(self).__name__}-producer",
                 )
             return stream
@@ -241,6 +229,23 @@ class GeneratorSequence(Sequence):
         stream = self._stream()
         item_index, raw = self._next_raw(stream, position, self._seqify_runtime().epoch + 1)
         return InlinePool(self._seqify_make_job()).submit(TRANSFORM, 0, item_index, raw).result()
+
+
+def _make_iterator(kind, source, args, kwargs):
+    # Module-level (not a method): the producer thread must not keep the
+    # Sequence alive, or it could never be garbage-collected and closed.
+    if kind == "iterator":
+        return source
+    if kind == "iterable":
+        return iter(source)
+    produced = source(*args, **kwargs)
+    try:
+        return iter(produced)
+    except TypeError:
+        raise TypeError(
+            f"`source` was called as a generator function but returned {type(produced).__name__}, "
+            "not an iterator. Pass a generator function (one that uses `yield`)."
+        ) from None
 
 
 class _ShardState:

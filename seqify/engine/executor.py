@@ -1,13 +1,13 @@
-"""Owns an object's worker pool: lazy start, reuse, and guaranteed shutdown.
+"""Owns an object's worker pool: lazy start, reuse, and shutdown.
 
 One `Executor` per seqify object. The pool starts on first use and is reused
-across epochs and across fit/evaluate/predict. It is shut down by `close()`,
-when the object is garbage-collected (`weakref.finalize`), at interpreter
-exit, or right after a worker dies (the next use starts a fresh one).
+across epochs and across fit/evaluate/predict. It is shut down by `close()`
+(which the owning Sequence also runs when garbage-collected and at
+interpreter exit) or right after a worker dies (the next use starts a fresh
+one).
 """
 
 import threading
-import weakref
 
 from seqify.engine import errors
 from seqify.engine.inline_pool import InlinePool
@@ -15,25 +15,16 @@ from seqify.engine.process_pool import ProcessPool
 from seqify.engine.thread_pool import ThreadPool
 
 
-def _close_pool(box):
-    pool = box.pop("pool", None)
-    if pool is not None:
-        pool.close()
-
-
 class Executor:
     """Creates and owns the pool for `workers`/`use_multiprocessing`."""
 
-    def __init__(self, owner, workers: int, use_multiprocessing: bool, start_method=None, name="seqify"):
+    def __init__(self, workers: int, use_multiprocessing: bool, start_method=None, name="seqify"):
         self.workers = workers
         self.use_multiprocessing = use_multiprocessing and workers > 0
         self.start_method = start_method
         self.name = name
         self._box = {}
         self._lock = threading.Lock()
-        # The finalizer holds only the box, never `owner`, so it cannot keep
-        # the owner alive; atexit=True runs it at interpreter exit too.
-        self._finalizer = weakref.finalize(owner, _close_pool, self._box)
 
     def pool(self, make_job):
         """Returns the running pool, starting it with `make_job()` if needed."""
@@ -67,4 +58,6 @@ class Executor:
 
     def close(self) -> None:
         with self._lock:
-            _close_pool(self._box)
+            pool = self._box.pop("pool", None)
+        if pool is not None:
+            pool.close()
