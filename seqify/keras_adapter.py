@@ -56,10 +56,11 @@ class SequenceAdapter(DataAdapter):
     def get_torch_dataloader(self):
         return data_adapter_utils.get_torch_dataloader(self._batches())
 
-    def get_tf_dataset(self):
+    def get_tf_dataset(self, signature=None):
         from keras.src.utils.module_utils import tensorflow as tf
 
-        signature = output_signature(self.sequence, self.class_weight)
+        if signature is None:
+            signature = output_signature(self.sequence, self.class_weight)
         ds = tf.data.Dataset.from_generator(self._batches, output_signature=signature)
         # seqify's engine already runs ahead in parallel; tf.data's own
         # autotuned threads would only compete with it for the cores.

@@ -179,6 +179,31 @@ class Sequence(keras.utils.PyDataset):
         pool = InlinePool(self._seqify_make_job())
         return [pool.submit(FETCH, 0, i).result() for i in sorted({0, n - 1})]
 
+    def to_tf_dataset(self, output_signature=None):
+        """Returns a `tf.data.Dataset` over this object, one pass per iteration.
+
+        The dataset keeps seqify's parallel workers and ordering: each
+        `iter(dataset)` runs one epoch through the engine. It composes with
+        `.map`, `.prefetch`, `.unbatch`, and `tf.distribute` strategies.
+
+        Args:
+            output_signature: a nested `tf.TensorSpec` structure; inferred
+                (without consuming a batch of the epoch) if None.
+
+        Returns:
+            A `tf.data.Dataset`.
+
+        Example:
+
+        ```python
+        ds = seqify.from_batch_fn(fn, 100, workers=4).to_tf_dataset()
+        ds = ds.map(lambda x, y: (x / 255.0, y)).prefetch(2)
+        ```
+        """
+        from seqify.keras_adapter import SequenceAdapter
+
+        return SequenceAdapter(self).get_tf_dataset(output_signature)
+
     def close(self) -> None:
         """Shuts down the workers and frees their shared memory. Idempotent.
 

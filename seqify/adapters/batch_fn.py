@@ -44,9 +44,44 @@ class BatchFnSequence(Sequence):
             return range(n)
         return np.random.default_rng([self.seed, epoch, 1]).permutation(n)
 
+    def shard(self, num_shards: int, index: int) -> "BatchFnSequence":
+        """Returns shard `index` of `num_shards`: batches index, index+num_shards, ...
+
+        For multi-worker training: give training worker `k` of `n`
+        `ds.shard(n, k)`. The shards are disjoint and together hold every
+        batch exactly once per epoch (shuffling, if on, is per shard, from
+        the same seed). Worker settings and seed are kept.
+
+        Raises:
+            ValueError: `num_shards` < 1, more shards than batches, or
+                `index` outside `0..num_shards-1`.
+        """
+        if isinstance(num_shards, bool) or not isinstance(num_shards, (int, np.integer)) or not 1 <= num_shards <= self._num:
+            raise ValueError(f"`num_shards` must be an int in 1..{self._num} (the number of batches); got {num_shards!r}.")
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < num_shards:
+            raise ValueError(f"`index` must be an int in 0..{num_shards - 1}; got {index!r}.")
+        return BatchFnSequence(
+            _ShardFn(self._fn, int(num_shards), int(index)), len(range(index, self._num, num_shards)),
+            shuffle=self._shuffle, seed=self.seed, workers=self.workers,
+            use_multiprocessing=self.use_multiprocessing, max_queue_size=self.max_queue_size,
+            start_method=self._seqify_start_method,
+        )
+
     def __getitem__(self, index):
         index = _check_index(index, self._num)
         return InlinePool(self._seqify_make_job()).submit(FETCH, 0, index).result()
+
+
+class _ShardFn:
+    """Batch `i` of a shard is batch `index + i * num_shards` of the whole."""
+
+    def __init__(self, fn, num_shards, index):
+        self.fn = fn
+        self.num_shards = num_shards
+        self.index = index
+
+    def __call__(self, i):
+        return self.fn(self.index + i * self.num_shards)
 
 
 def _check_index(index, n):
