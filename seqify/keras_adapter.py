@@ -15,6 +15,8 @@ See docs/design.md ("How fit drives a seqify object").
 """
 
 import functools
+import os
+import sys
 
 from keras.src.trainers.data_adapters import data_adapter_utils
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
@@ -129,6 +131,18 @@ class _Cached:
         self.value = value
 
 
+def _called_from_predict() -> bool:
+    # Keras passes shuffle=False to both evaluate and predict, so the call
+    # site is the only way to tell them apart; looked up once per call.
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "predict" and f"{os.sep}keras{os.sep}" in code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def install(sequence_class) -> None:
     """Routes seqify Sequences in `fit`/`evaluate`/`predict` to SequenceAdapter."""
     global _sequence_class
@@ -146,6 +160,12 @@ def install(sequence_class) -> None:
                 data_adapters.raise_unsupported_arg("y", "the targets", "seqify Sequence")
             if sample_weight is not None:
                 data_adapters.raise_unsupported_arg("sample_weights", "the sample weights", "seqify Sequence")
+            if getattr(x, "is_shuffled", False) and _called_from_predict():
+                raise ValueError(
+                    f"model.predict() was given a shuffled seqify object ({type(x).__name__} with "
+                    "shuffle=True): its outputs would come back in a shuffled order that matches "
+                    "no input order. Build a copy with shuffle=False for prediction."
+                )
             # `shuffle` is deliberately not used: a seqify object owns its
             # order (its own `shuffle`/`seed`), so fit's default shuffle=True
             # can neither reorder a stream nor break reproducibility.

@@ -85,3 +85,32 @@ def no_leaked_shared_memory():
     gc.collect()
     leaked = set(seqify_shm_segments()) - before
     assert not leaked, f"shared-memory segments left behind: {sorted(leaked)}"
+
+
+# -- helpers for the behaviour tests (adapters, pickling, keras integration) --
+
+import contextlib
+import re
+import warnings
+
+
+def split_epochs(ids, per_epoch):
+    """Splits a flat list of recorded ids into consecutive epochs."""
+    assert len(ids) % per_epoch == 0, f"{len(ids)} ids do not split into epochs of {per_epoch}: {ids}"
+    return [list(ids[k : k + per_epoch]) for k in range(0, len(ids), per_epoch)]
+
+
+def _is_framework_deprecation(w):
+    return issubclass(w.category, DeprecationWarning) and re.search(r"[/\\](tensorflow|keras|tf_keras)[/\\]", w.filename or "")
+
+
+@contextlib.contextmanager
+def assert_no_warnings():
+    """Fails if anything but a tensorflow/keras-internal DeprecationWarning is warned."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+    relevant = [w for w in caught if not _is_framework_deprecation(w)]
+    assert not relevant, "unexpected warnings:\n" + "\n".join(
+        f"{w.category.__name__} at {w.filename}:{w.lineno}: {w.message}" for w in relevant
+    )

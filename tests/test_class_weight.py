@@ -66,3 +66,4 @@ def test_y_argument_with_a_seqify_object_is_rejected_clearly():
     with seqify.from_batch_fn(_labels_batch, 2) as ds:
         with pytest.raises(ValueError, match="`y` should not be passed"):
             model.fit(ds, np.zeros(8), verbose=0)
+

@@ -131,4 +131,5 @@ def from_arrays(
         max_queue_size=max_queue_size, start_method=start_method,
     )
     seq._fn.seed = seq.seed
+    seq._samples_shuffled = bool(shuffle)
     return seq

@@ -30,6 +30,12 @@ class BatchFnSequence(Sequence):
         self._fn = fn
         self._num = int(num_batches)
         self._shuffle = bool(shuffle)
+        self._samples_shuffled = False  # set by from_arrays(shuffle=True)
+
+    @property
+    def is_shuffled(self) -> bool:
+        """Whether batches (or, for from_arrays, samples) are reordered each epoch."""
+        return self._shuffle or self._samples_shuffled
 
     def __len__(self):
         return self._num
@@ -60,12 +66,14 @@ class BatchFnSequence(Sequence):
             raise ValueError(f"`num_shards` must be an int in 1..{self._num} (the number of batches); got {num_shards!r}.")
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < num_shards:
             raise ValueError(f"`index` must be an int in 0..{num_shards - 1}; got {index!r}.")
-        return BatchFnSequence(
+        shard = BatchFnSequence(
             _ShardFn(self._fn, int(num_shards), int(index)), len(range(index, self._num, num_shards)),
             shuffle=self._shuffle, seed=self.seed, workers=self.workers,
             use_multiprocessing=self.use_multiprocessing, max_queue_size=self.max_queue_size,
             start_method=self._seqify_start_method,
         )
+        shard._samples_shuffled = self._samples_shuffled
+        return shard
 
     def __getitem__(self, index):
         index = _check_index(index, self._num)

@@ -20,6 +20,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import uuid
 
@@ -30,6 +31,26 @@ from seqify.engine.job import describe
 
 _UPDATE = "update"
 _POLL_SECONDS = 1.0
+
+
+# Runtimes that are not fork-safe: once loaded, a forked child may deadlock
+# on locks their threads held at fork time.
+_FORK_UNSAFE_MODULES = ("jax", "torch")
+
+
+def default_start_method() -> str:
+    """Python's default start method, unless a fork-unsafe runtime is loaded.
+
+    With JAX or PyTorch imported (the Keras JAX/torch backends), forking is
+    unsafe, so seqify uses "forkserver" (or "spawn" where forkserver does not
+    exist). TensorFlow tolerates fork as long as children do not call into
+    it, which seqify's workers do not unless user code does.
+    """
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
+    if method == "fork" and any(name in sys.modules for name in _FORK_UNSAFE_MODULES):
+        available = multiprocessing.get_all_start_methods()
+        return "forkserver" if "forkserver" in available else "spawn"
+    return method
 
 
 def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, parent_pid):
@@ -123,7 +144,7 @@ class ProcessPool:
 
     # -- life cycle -------------------------------------------------------
     def _start(self):
-        context = multiprocessing.get_context(self.start_method)
+        context = multiprocessing.get_context(self.start_method or default_start_method())
         self.shm_prefix = f"seqify-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._encoder = shm_transport.Encoder(f"{self.shm_prefix}m-")
         workers = []

@@ -1,0 +1,77 @@
+"""Keras-side dataset classes for the benchmarks (imports Keras and seqify)."""
+
+import threading
+
+import keras
+
+import seqify
+
+
+class KerasBatchFnDataset(keras.utils.PyDataset):
+    """Keras's own PyDataset calling a batch function: the baseline."""
+
+    def __init__(self, fn, num_batches, **kwargs):
+        super().__init__(**kwargs)
+        self.fn = fn
+        self.n = num_batches
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return self.fn(index)
+
+
+class KerasGeneratorDataset(keras.utils.PyDataset):
+    """The usual way to put a legacy generator behind a PyDataset.
+
+    `__getitem__` ignores the index and takes the next item of one shared
+    generator under a lock, then applies the transform outside the lock.
+    Only meaningful with threads: process workers would each advance their
+    own copy of the generator (duplicated batches).
+    """
+
+    def __init__(self, make_generator, num_batches, transform=None, **kwargs):
+        super().__init__(**kwargs)
+        self.gen = make_generator()
+        self.n = num_batches
+        self.transform = transform
+        self.lock = threading.Lock()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        with self.lock:
+            batch = next(self.gen)
+        if self.transform is not None:
+            batch = self.transform(batch)
+        return batch
+
+
+class HookedStateSequence(seqify.Sequence):
+    """A seqify.Sequence holding big state and overriding `on_epoch_end`.
+
+    Overriding an epoch hook makes seqify re-ship the object to its process
+    workers every epoch (the hook may have changed state they hold a copy of).
+    """
+
+    def __init__(self, fn, num_batches, **kwargs):
+        super().__init__(**kwargs)
+        self.fn = fn
+        self.n = num_batches
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return self.fn(index)
+
+    def on_epoch_end(self):
+        pass
+
+
+class PlainStateSequence(HookedStateSequence):
+    """The same object without epoch hooks."""
+
+    on_epoch_end = seqify.Sequence.on_epoch_end

@@ -1,0 +1,61 @@
+"""Parent-side helpers for the engine tests (processes, threads, /dev/shm)."""
+
+import glob
+import os
+import threading
+import time
+
+import numpy as np
+import psutil
+
+# Worker settings the lifecycle tests run under.
+THREADS = dict(workers=2, use_multiprocessing=False)
+FORK = dict(workers=2, use_multiprocessing=True, start_method="fork")
+SPAWN = dict(workers=2, use_multiprocessing=True, start_method="spawn")
+FORKSERVER = dict(workers=2, use_multiprocessing=True, start_method="forkserver")
+KINDS = {"threads": THREADS, "fork": FORK, "spawn": SPAWN, "forkserver": FORKSERVER}
+
+
+def alive(pid) -> bool:
+    """True if `pid` is a running (not zombie) process."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_gone(pids, timeout=5.0):
+    """Waits until none of `pids` runs; returns those still running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [pid for pid in pids if alive(pid)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def shm(prefix="seqify-"):
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join("/dev/shm", glob.escape(prefix) + "*")))
+
+
+def threads_named(prefix):
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def pool_of(ds):
+    executor = ds._seqify_runtime().executor
+    return executor.running_pool if executor is not None else None
+
+
+def epoch(ds):
+    return list(ds._seqify_iter_pass())
+
+
+def ids(batches):
+    """Batch ids from batches whose x is filled with the id."""
+    return [int(np.asarray(b[0] if not isinstance(b, dict) else b["x"]).reshape(-1)[0]) for b in batches]
+
+
+def children():
+    """Direct and indirect child processes of this test process that are running."""
+    return [p for p in psutil.Process().children(recursive=True) if alive(p.pid)]

@@ -1,0 +1,161 @@
+"""Batch functions and transforms that run inside seqify workers.
+
+Kept apart from the test modules (and free of Keras, TensorFlow and pytest) so
+that spawn and forkserver workers, which import this module to unpickle a
+job, start in a fraction of a second.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from seqify.engine.worker_info import worker_info
+
+LARGE_SHAPE = (1024, 1024)  # float32: 4 MiB, far above INLINE_BYTES
+
+
+def index_batch(i):
+    """Batch `i`: x filled with i (conftest's batch_ids reads it back)."""
+    return np.full((2, 3), i, dtype="float32"), np.zeros((2, 1), dtype="float32")
+
+
+def who_batch(i):
+    """Which process and thread built batch `i`."""
+    return (np.array([os.getpid(), threading.get_ident(), i], dtype=np.uint64),)
+
+
+def recording_batch(path, i):
+    """A Keras-ready batch `i`; appends 'pid thread-ident' to `path` first."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} {threading.get_ident()}\n")
+    return np.full((4, 3), i, dtype="float32"), np.zeros((4, 1), dtype="float32")
+
+
+def large_value(i):
+    return (np.arange(LARGE_SHAPE[0] * LARGE_SHAPE[1], dtype=np.float32) + i).reshape(LARGE_SHAPE)
+
+
+def large_batch(i):
+    """A 4 MiB float32 x and a tiny y."""
+    return large_value(i), np.array([i], dtype=np.int64)
+
+
+def shm_sized_batch(i):
+    """Exactly INLINE_BYTES of float32 (goes through shared memory) plus the index."""
+    return np.full((128, 128), i, dtype=np.float32), np.array([i], dtype=np.int64)
+
+
+def small_batch(i):
+    """Arrays well below INLINE_BYTES."""
+    return np.full((8, 8), i, dtype=np.float32), np.array([i], dtype=np.int64)
+
+
+def rng_batch(i):
+    """Augmentation-style randomness from worker_info().rng() (76.8 KB: via shm)."""
+    rng = worker_info().rng()
+    x = rng.normal(size=(64, 300)).astype(np.float32)
+    y = rng.integers(0, 1_000_000, size=(64, 1))
+    return x, y
+
+
+def info_batch(i):
+    """worker_info() as seen inside the batch function."""
+    info = worker_info()
+    return (
+        np.array(
+            [info.worker_id, info.num_workers, info.epoch, info.index, info.seed, int(info.use_multiprocessing), i],
+            dtype=np.int64,
+        ),
+    )
+
+
+def timed_batch(delay, i):
+    """Records when batch `i` started (CLOCK_MONOTONIC is system-wide on Linux)."""
+    started = time.monotonic()
+    time.sleep(delay)
+    return (np.array([i, started], dtype=np.float64),)
+
+
+def die_once(flag_path, die_index, how, i):
+    """Dies building batch `die_index` if `flag_path` exists (and removes it: one shot)."""
+    time.sleep(0.01)
+    if i == die_index and os.path.exists(flag_path):
+        os.remove(flag_path)
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(10)  # never reached
+        else:
+            os._exit(3)
+    return np.full((2, 3), i, dtype=np.float32), np.zeros((2, 1), dtype=np.float32)
+
+
+class UserBoom(ValueError):
+    """A user's own exception type (picklable)."""
+
+
+class LockedError(Exception):
+    """Cannot be pickled: it holds a lock."""
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class TwoArgError(Exception):
+    """Pickles, but cannot be unpickled (args do not match __init__)."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+def explode_on_index(bad_index, i):
+    if i == bad_index:
+        raise UserBoom(f"user code rejected batch {i}")
+    return np.full((2, 3), i, dtype=np.float32), np.zeros((2, 1), dtype=np.float32)
+
+
+def explode_unpicklably(kind, bad_index, i):
+    if i == bad_index:
+        if kind == "locked":
+            raise LockedError(f"locked failure in batch {i}")
+        raise TwoArgError("left", "right")
+    return np.full((2, 3), i, dtype=np.float32), np.zeros((2, 1), dtype=np.float32)
+
+
+def unsendable_batch(bad_index, i):
+    """Batch `bad_index` holds a lock, which cannot travel back from a worker process."""
+    if i == bad_index:
+        return {"x": np.zeros((2, 3), dtype=np.float32), "lock": threading.Lock()}
+    return {"x": np.full((2, 3), i, dtype=np.float32)}
+
+
+class RefusesToUnpickle:
+    """A batch function that pickles fine but raises when a worker unpickles it."""
+
+    def __getstate__(self):
+        return {"payload": 1}
+
+    def __setstate__(self, state):
+        raise RuntimeError("RefusesToUnpickle cannot be restored in this process")
+
+    def __call__(self, i):
+        return (np.full((2, 3), i, dtype=np.float32),)
+
+
+def slow_stream_transform(batch):
+    time.sleep(0.002)
+    return batch
+
+
+def tag_transform(batch):
+    """Transform that records the process and keeps the stream value."""
+    x = batch[0]
+    return x, np.array([os.getpid()], dtype=np.int64)
+
+
+def rng_transform(batch):
+    rng = worker_info().rng()
+    return batch[0] + rng.normal(size=batch[0].shape).astype(np.float32), batch[1]
