@@ -17,6 +17,7 @@ See docs/design.md ("How fit drives a seqify object").
 import functools
 import os
 import sys
+import threading
 
 from keras.src.trainers.data_adapters import data_adapter_utils
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
@@ -31,16 +32,38 @@ class SequenceAdapter(DataAdapter):
         self.sequence = sequence
         self.class_weight = class_weight
         self._within_epoch = False
+        self._begin_pending = False
+        self._begun = False
 
     def _batches(self):
+        """One pass of the engine, weighted; a generator started lazily."""
+        if _building_model():
+            # Keras pulls one batch only to build the model's shapes, then
+            # drops the iterator: give it a peeked batch so no stream batch is
+            # lost and no epoch (or epoch hook) is spent on it.
+            yield self._weigh(self.sequence._seqify_peek()[0])
+            return
+        self._deliver_epoch_begin()
         batches = self.sequence._seqify_iter_pass()
-        if self.class_weight is None:
-            return batches
-        return (self._weigh(batch) for batch in batches)
+        try:
+            for batch in batches:
+                if self._begin_pending:  # a pass that spans Keras epochs
+                    self._deliver_epoch_begin()
+                yield self._weigh(batch)
+        finally:
+            batches.close()  # give back in-flight work now, not at GC
+
+    def _deliver_epoch_begin(self):
+        # The user's hook runs just before the pass that it precedes starts
+        # fetching, and never for Keras's shape-building pull.
+        if self._begin_pending:
+            self._begin_pending = False
+            self._begun = True
+            self.sequence.on_epoch_begin()
 
     def _weigh(self, batch):
         # Same rules as keras's PyDatasetAdapter._standardize_batch.
-        if isinstance(batch, dict):
+        if self.class_weight is None or isinstance(batch, dict):
             return batch
         if len(batch) == 3:
             raise ValueError("You cannot specify `class_weight` and `sample_weight` at the same time.")
@@ -65,21 +88,32 @@ class SequenceAdapter(DataAdapter):
             signature = output_signature(self.sequence, self.class_weight)
         ds = tf.data.Dataset.from_generator(self._batches, output_signature=signature)
         # seqify's engine already runs ahead in parallel; tf.data's own
-        # autotuned threads would only compete with it for the cores.
+        # autotuned threads would only compete with it for the cores. No
+        # tf.data prefetch either: batches it pre-pulled would be dropped
+        # with the iterator, which for a stream means lost batches.
         options = tf.data.Options()
         options.autotune.enabled = False
         options.threading.private_threadpool_size = 1
-        return ds.with_options(options).prefetch(2)
+        # seqify objects are sharded explicitly (`shard()`); tf.distribute's
+        # auto-sharding would make every worker build every batch.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.with_options(options)
 
     def on_epoch_begin(self):
         if not self._within_epoch:
             self._within_epoch = True
-            self.sequence.on_epoch_begin()
+            self._begin_pending = True
 
     def on_epoch_end(self):
+        # Keras may call this several times per epoch (reset, end of
+        # iteration, StopIteration): the user's hook runs once, and only
+        # for an epoch whose on_epoch_begin it saw.
         if self._within_epoch:
             self._within_epoch = False
-            self.sequence.on_epoch_end()
+            self._begin_pending = False
+            if self._begun:
+                self._begun = False
+                self.sequence.on_epoch_end()
 
     @property
     def num_batches(self):
@@ -129,6 +163,58 @@ class _Cached:
 
     def __init__(self, value):
         self.value = value
+
+
+_SEQIFY_DIR = os.path.dirname(os.path.abspath(__file__))
+_PASS_THROUGH = (
+    _SEQIFY_DIR,
+    f"{os.sep}data_adapters{os.sep}",
+    f"{os.sep}tensorflow{os.sep}",
+    f"{os.sep}torch{os.sep}utils{os.sep}data{os.sep}",
+    threading.__file__,
+)
+_MODEL_BUILDERS = ("_symbolic_build", "_maybe_symbolic_build")
+
+
+def _first_caller(frame):
+    """The innermost frame that is not seqify, a data adapter, TF or threading."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not any(part in filename for part in _PASS_THROUGH):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _building_model() -> bool:
+    """Whether Keras is pulling a batch only to build the model.
+
+    Keras's JAX and torch trainers (and TF's under a distribution strategy)
+    take one batch from a fresh iterator to build an unbuilt model, then drop
+    it. The caller is the only way to tell. Under TF the pull happens on a
+    tf.data thread while the main thread waits in Keras, so both are looked at.
+    Checked once per pass.
+    """
+    stacks = [sys._getframe(1)]
+    main = threading.main_thread()
+    if threading.current_thread() is not main:
+        stacks.append(sys._current_frames().get(main.ident))
+    keras_dir = f"{os.sep}keras{os.sep}"
+    for frame in stacks:
+        caller = _first_caller(frame)
+        if caller is None:
+            continue
+        # JAX's predict() builds inline with a bare next(iterator); its real
+        # loop goes through EpochIterator.__next__ instead.
+        if caller.f_code.co_name == "predict" and keras_dir in caller.f_code.co_filename:
+            return True
+        while caller is not None:
+            code = caller.f_code
+            if code.co_name in _MODEL_BUILDERS and keras_dir in code.co_filename:
+                return True
+            caller = caller.f_back
+        return False
+    return False
 
 
 def _called_from_predict() -> bool:

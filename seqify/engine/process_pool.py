@@ -33,21 +33,31 @@ _UPDATE = "update"
 _POLL_SECONDS = 1.0
 
 
-# Runtimes that are not fork-safe: once loaded, a forked child may deadlock
-# on locks their threads held at fork time.
-_FORK_UNSAFE_MODULES = ("jax", "torch")
+# Keras backends whose runtimes are not fork-safe: a forked child may
+# deadlock on locks that their threads held at fork time.
+_FORK_UNSAFE_BACKENDS = ("jax", "torch")
+
+
+def _fork_unsafe_backend() -> bool:
+    keras = sys.modules.get("keras")  # never import Keras from here
+    if keras is None:
+        return False
+    try:
+        return keras.backend.backend() in _FORK_UNSAFE_BACKENDS
+    except Exception:
+        return False
 
 
 def default_start_method() -> str:
-    """Python's default start method, unless a fork-unsafe runtime is loaded.
+    """Python's default start method, unless the Keras backend is fork-unsafe.
 
-    With JAX or PyTorch imported (the Keras JAX/torch backends), forking is
-    unsafe, so seqify uses "forkserver" (or "spawn" where forkserver does not
-    exist). TensorFlow tolerates fork as long as children do not call into
-    it, which seqify's workers do not unless user code does.
+    With the JAX or PyTorch backend, forking is unsafe, so seqify uses
+    "forkserver" (or "spawn" where forkserver does not exist). TensorFlow
+    tolerates fork as long as children do not call into it, which seqify's
+    workers do not unless user code does.
     """
     method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
-    if method == "fork" and any(name in sys.modules for name in _FORK_UNSAFE_MODULES):
+    if method == "fork" and _fork_unsafe_backend():
         available = multiprocessing.get_all_start_methods()
         return "forkserver" if "forkserver" in available else "spawn"
     return method

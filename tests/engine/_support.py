@@ -59,3 +59,14 @@ def ids(batches):
 def children():
     """Direct and indirect child processes of this test process that are running."""
     return [p for p in psutil.Process().children(recursive=True) if alive(p.pid)]
+
+
+def new_children(before, timeout=5.0):
+    """Waits until no child process that was not in `before` runs; returns those that still do."""
+    old = {p.pid for p in before}
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = [p.pid for p in children() if p.pid not in old]
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.05)

@@ -89,7 +89,8 @@ def die_once(flag_path, die_index, how, i):
             time.sleep(10)  # never reached
         else:
             os._exit(3)
-    return np.full((2, 3), i, dtype=np.float32), np.zeros((2, 1), dtype=np.float32)
+    # 64 KiB: goes through shared memory, so a death leaves segments in flight.
+    return np.full((128, 128), i, dtype=np.float32), np.zeros((128, 1), dtype=np.float32)
 
 
 class UserBoom(ValueError):
@@ -159,3 +160,11 @@ def tag_transform(batch):
 def rng_transform(batch):
     rng = worker_info().rng()
     return batch[0] + rng.normal(size=batch[0].shape).astype(np.float32), batch[1]
+
+
+def explode_once(flag_path, bad_index, i):
+    """Raises UserBoom building batch `bad_index` while `flag_path` exists (one shot)."""
+    if i == bad_index and os.path.exists(flag_path):
+        os.remove(flag_path)
+        raise UserBoom(f"user code rejected batch {i}")
+    return np.full((2, 3), i, dtype=np.float32), np.zeros((2, 1), dtype=np.float32)

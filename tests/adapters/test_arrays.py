@@ -1,0 +1,194 @@
+"""`seqify.from_arrays`: every *sample* exactly once per epoch, batching and errors."""
+
+import numpy as np
+import pytest
+
+import seqify
+from conftest import RecordingModel, assert_no_warnings
+
+N = 10  # samples; with batch_size=4 -> batches of 4, 4 and 2
+FEATURES = 3
+
+WORKER_SETTINGS = [
+    pytest.param(workers, use_mp, id=f"{'processes' if use_mp else 'threads'}-{workers}")
+    for use_mp in (False, True)
+    for workers in (1, 2, 4)
+]
+FIT_SHUFFLE = [
+    pytest.param({}, id="fit-defaults"),  # fit's shuffle=True default
+    pytest.param({"shuffle": False}, id="fit-shuffle-False"),
+]
+
+
+class SampleRecorder(RecordingModel):
+    """Records the sample ids (x[:, 0]) of every batch that fit trains on."""
+
+    def __init__(self):
+        super().__init__()
+        self.train_batches = []
+
+    def train_step(self, data):
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        if isinstance(x, dict):
+            x = x["x"]
+        self.train_batches.append([int(v) for v in np.asarray(x)[:, 0]])
+        return super().train_step(data)
+
+
+@pytest.fixture
+def sample_model():
+    model = SampleRecorder()
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    return model
+
+
+def samples(n=N):
+    """x row k is all k (its sample id); y is zeros."""
+    x = np.repeat(np.arange(n, dtype="float32")[:, None], FEATURES, axis=1)
+    return x, np.zeros((n, 1), dtype="float32")
+
+
+def epochs_of(batches, batches_per_epoch):
+    assert len(batches) % batches_per_epoch == 0, batches
+    return [batches[k : k + batches_per_epoch] for k in range(0, len(batches), batches_per_epoch)]
+
+
+def flat(batches):
+    return [s for b in batches for s in b]
+
+
+# -- every sample exactly once ---------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fit_kwargs", FIT_SHUFFLE)
+@pytest.mark.parametrize("workers,use_mp", WORKER_SETTINGS)
+def test_fit_trains_every_sample_once_per_epoch_in_order(sample_model, workers, use_mp, fit_kwargs):
+    x, y = samples()
+    with seqify.from_arrays(x, y, batch_size=4, workers=workers, use_multiprocessing=use_mp) as ds:
+        sample_model.fit(ds, epochs=2, verbose=0, **fit_kwargs)
+    assert epochs_of(sample_model.train_batches, 3) == [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]] * 2
+
+
+def test_last_partial_batch_is_kept(sample_model):
+    x, y = samples()
+    with seqify.from_arrays(x, y, batch_size=4) as ds:
+        assert len(ds) == 3
+        sample_model.fit(ds, epochs=1, verbose=0)
+    assert [len(b) for b in sample_model.train_batches] == [4, 4, 2]
+    assert flat(sample_model.train_batches) == list(range(N))
+
+
+def test_drop_remainder_drops_the_last_partial_batch(sample_model):
+    x, y = samples()
+    with seqify.from_arrays(x, y, batch_size=4, drop_remainder=True) as ds:
+        assert len(ds) == 2
+        sample_model.fit(ds, epochs=2, verbose=0)
+    assert sample_model.train_batches == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers,use_mp", [(2, False), (2, True)], ids=["threads-2", "processes-2"])
+def test_shuffle_is_per_sample_every_sample_once_per_epoch_new_order_each_epoch(sample_model, workers, use_mp):
+    x, y = samples()
+    with seqify.from_arrays(x, y, batch_size=4, shuffle=True, seed=7, workers=workers, use_multiprocessing=use_mp) as ds:
+        sample_model.fit(ds, epochs=3, verbose=0)
+    epochs = epochs_of(sample_model.train_batches, 3)
+    contiguous = [{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9}]
+    for batches in epochs:
+        assert sorted(flat(batches)) == list(range(N))  # every sample exactly once
+        assert [len(b) for b in batches] == [4, 4, 2]
+        # Per-sample, not per-batch: batches mix samples from different blocks.
+        assert [set(b) for b in batches] != contiguous
+    assert len({tuple(flat(batches)) for batches in epochs}) == 3
+
+
+@pytest.mark.timeout(60)
+def test_shuffle_with_same_seed_is_identical_across_objects_and_worker_settings():
+    x, y = samples()
+    orders = {}
+    for workers, use_mp in [(1, False), (1, False), (4, False), (2, True), (4, True)]:
+        model = SampleRecorder()
+        model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+        with seqify.from_arrays(x, y, batch_size=4, shuffle=True, seed=13, workers=workers, use_multiprocessing=use_mp) as ds:
+            model.fit(ds, epochs=2, verbose=0)
+        orders.setdefault(repr(model.train_batches), []).append((workers, use_mp))
+    assert len(orders) == 1, f"different sample orders for different settings: {orders}"
+
+
+def test_shuffle_with_drop_remainder_keeps_only_full_batches_of_distinct_samples(sample_model):
+    x, y = samples()
+    with seqify.from_arrays(x, y, batch_size=4, shuffle=True, seed=2, drop_remainder=True, workers=2) as ds:
+        sample_model.fit(ds, epochs=3, verbose=0)
+    for batches in epochs_of(sample_model.train_batches, 2):
+        assert [len(b) for b in batches] == [4, 4]
+        assert len(set(flat(batches))) == 8
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("use_mp", [False, True], ids=["threads", "processes"])
+def test_shuffle_keeps_x_y_and_sample_weight_rows_together(use_mp):
+    ids = np.arange(N, dtype="float32")
+    x = np.repeat(ids[:, None], FEATURES, axis=1)
+    y = ids[:, None] * 10
+    sw = ids * 100
+    with seqify.from_arrays(x, y, sw, batch_size=4, shuffle=True, seed=3, workers=2, use_multiprocessing=use_mp) as ds:
+        for _ in range(2):
+            seen = []
+            for bx, by, bsw in ds._seqify_iter_pass():
+                np.testing.assert_array_equal(by[:, 0], bx[:, 0] * 10)
+                np.testing.assert_array_equal(bsw, bx[:, 0] * 100)
+                seen.extend(int(v) for v in bx[:, 0])
+            assert sorted(seen) == list(range(N))
+
+
+def test_dict_inputs_keep_their_structure_through_fit(sample_model):
+    x, y = samples()
+    with seqify.from_arrays({"x": x}, y, batch_size=4, workers=2) as ds:
+        batch = ds[0]
+        assert isinstance(batch[0], dict) and set(batch[0]) == {"x"}
+        sample_model.fit(ds, epochs=1, verbose=0)
+    assert sample_model.train_batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_no_warning_from_fit_evaluate_predict_with_a_partial_batch(sample_model):
+    x, y = samples()
+    with seqify.from_arrays(x, y, batch_size=4, workers=2) as ds:
+        with assert_no_warnings():
+            sample_model.fit(ds, epochs=2, verbose=0)
+            sample_model.evaluate(ds, verbose=0)
+            out = sample_model.predict(ds, verbose=0)
+    assert out.shape == (N, 1)
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,expected",
+    [
+        pytest.param(dict(x=np.zeros((10, 3)), y=np.zeros((9, 1))), ["x: 10", "y: 9"], id="x-vs-y"),
+        pytest.param(dict(x=np.zeros((10, 3)), y=np.zeros((10, 1)), sample_weight=np.zeros(8)), ["x: 10", "y: 10", "sample_weight: 8"], id="sample_weight"),
+        pytest.param(dict(x={"a": np.zeros((10, 3)), "b": np.zeros((7, 2))}), ["x['a']: 10", "x['b']: 7"], id="dict-inputs"),
+    ],
+)
+def test_arrays_of_different_lengths_are_a_value_error_naming_each_length(kwargs, expected):
+    with pytest.raises(ValueError) as info:
+        seqify.from_arrays(**kwargs, batch_size=4)
+    message = str(info.value)
+    for part in expected:
+        assert part in message
+    assert "same number of samples" in message
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 2.5, None])
+def test_bad_batch_size_is_a_value_error_naming_batch_size(batch_size):
+    x, y = samples()
+    with pytest.raises(ValueError, match=r"`batch_size` must be an int >= 1"):
+        seqify.from_arrays(x, y, batch_size=batch_size)
+
+
+def test_too_few_samples_for_one_batch_with_drop_remainder_is_a_value_error():
+    x, y = samples(3)
+    with pytest.raises(ValueError, match=r"batch_size=4 with drop_remainder=True"):
+        seqify.from_arrays(x, y, batch_size=4, drop_remainder=True)

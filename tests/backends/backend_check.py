@@ -1,0 +1,103 @@
+"""Runs in its own process with KERAS_BACKEND set (see tests/test_backends.py).
+
+Trains, evaluates and predicts with seqify objects on thread and process
+workers, recording which batches the model consumed, and prints one JSON line
+with the findings. Exit status 0 means every check held.
+"""
+
+import json
+import os
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import seqify  # noqa: E402
+
+
+def make_batch(i):
+    return np.full((4, 3), i, "float32"), np.zeros((4, 1), "float32")
+
+
+def stream():
+    i = 0
+    while True:
+        yield make_batch(i)
+        i += 1
+
+
+def identity(batch):
+    return batch
+
+
+class Recorder(keras.layers.Layer):
+    """Records the id of each concrete batch that flows through the model."""
+
+    def __init__(self, log):
+        super().__init__()
+        # A closure, not an attribute: Keras would wrap a list attribute.
+        self._record = log.append
+
+    def call(self, x):
+        try:
+            self._record(int(np.asarray(keras.ops.convert_to_numpy(x)).reshape(-1)[0]))
+        except Exception:
+            pass  # symbolic build pass: no concrete values
+        return x
+
+
+def build_model(log):
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(1)(Recorder(log)(inputs))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    return model
+
+
+def check(name, make, expected_fit, expected_eval, expected_predict):
+    log = []
+    model = build_model(log)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with make() as data:
+            log.clear()
+            model.fit(data, epochs=2, verbose=0)
+            fitted = list(log)
+            log.clear()
+            model.evaluate(data, verbose=0)
+            evaluated = list(log)
+            log.clear()
+            predictions = model.predict(data, verbose=0)
+            predicted = list(log)
+    own = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+    ok = fitted == expected_fit and evaluated == expected_eval and predicted == expected_predict and not own
+    ok = ok and predictions.shape[0] == 4 * len(expected_predict)
+    return {"case": name, "ok": ok, "fit": fitted, "evaluate": evaluated, "predict": predicted, "warnings": own}
+
+
+def main():
+    backend = keras.backend.backend()
+    results = []
+    for mp in (False, True):
+        results.append(check(
+            f"from_batch_fn workers=2 mp={mp}",
+            lambda: seqify.from_batch_fn(make_batch, 5, workers=2, use_multiprocessing=mp),
+            list(range(5)) * 2, list(range(5)), list(range(5)),
+        ))
+        results.append(check(
+            f"from_generator transform workers=2 mp={mp}",
+            lambda: seqify.from_generator(stream, steps_per_epoch=4, transform=identity, workers=2, use_multiprocessing=mp),
+            list(range(8)), list(range(8, 12)), list(range(12, 16)),
+        ))
+    from seqify.engine.process_pool import default_start_method
+
+    summary = {"backend": backend, "start_method": default_start_method(), "results": results}
+    print("RESULT " + json.dumps(summary))
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
