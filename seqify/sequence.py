@@ -265,3 +265,8 @@ def num_batches_for(num_samples: int, batch_size: int, drop_remainder: bool) -> 
 from seqify import keras_adapter as _keras_adapter  # noqa: E402  (needs Sequence)
 
 _keras_adapter.install(Sequence)
+
+from seqify import legacy_adapter as _legacy_adapter  # noqa: E402
+
+if _legacy_adapter.wanted():
+    _legacy_adapter.install(Sequence)

@@ -70,3 +70,7 @@ def new_children(before, timeout=5.0):
         if not extra or time.monotonic() > deadline:
             return extra
         time.sleep(0.05)
+
+
+# Pids of subprocesses that tests started: their /dev/shm segments count as ours.
+OWNED_PIDS = set()
