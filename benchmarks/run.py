@@ -712,6 +712,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller epochs (~3 min)")
     parser.add_argument("--out", default=None, help="markdown report path (default: print only)")
     parser.add_argument("--only", default=None, help="comma-separated sections: workloads,generator,state,fit,transport")
+    parser.add_argument("--workloads", default=None, help="comma-separated batch-function workloads (default: all)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     sections = set((args.only or "workloads,generator,state,fit,transport").split(","))
@@ -725,6 +726,8 @@ def main(argv=None):
     cfgs, loads, serial_ms = [], {}, {}
     if "workloads" in sections:
         for wl, fn in workloads.BATCH_FNS.items():
+            if args.workloads and wl not in args.workloads.split(","):
+                continue
             group = batch_fn_configs(wl, fn, sizes["batches"][wl])
             loads[wl] = run_group(wl, group, reps, epochs, sample_memory=(wl == "large_payload"))
             cfgs.extend(group)
@@ -761,7 +764,7 @@ def main(argv=None):
     time.sleep(0.2)
     multiprocessing.active_children()
     left = children()
-    left_desc = ", ".join(f"{p.pid} ({p.name()})" for p in left) or "none"
+    left_desc = ", ".join(f"{p.pid} ({p.name()}, {p.status()}, parent {p.ppid()}, started {p.create_time() - psutil.Process().create_time():.1f} s into the run)" for p in left) or "none"
     shm_files, shm_bytes = my_shm()
     elapsed = time.perf_counter() - t_start
 

@@ -69,15 +69,28 @@ def _make_adapter_class(data_adapter, sequence_class):
                     pass
             first = tf.nest.flatten(peek)[0]
             self._first_batch_size = int(first.shape[0]) if getattr(first, "ndim", 0) else None
-            signature = output_signature(x)
-            self._dataset = tf.data.Dataset.from_generator(self._batches, output_signature=signature)
+            self._signature = output_signature(x)
 
         def _batches(self):
             self._inner.on_epoch_begin()
             yield from self._inner._batches()
 
+        def _make_dataset(self, context=None):
+            ds = tf.data.Dataset.from_generator(self._batches, output_signature=self._signature)
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+            return ds.with_options(options)
+
         def get_dataset(self):
-            return self._dataset
+            strategy = tf.distribute.get_strategy()
+            in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+            if in_multi_worker_mode is not None and in_multi_worker_mode():
+                # Each training worker feeds its own shard (`shard()`), batch
+                # by batch. experimental_distribute_dataset would treat every
+                # batch as a *global* batch and keep only this worker's slice
+                # of it, silently dropping the rest of the rows.
+                return strategy.distribute_datasets_from_function(self._make_dataset)
+            return self._make_dataset()
 
         def get_size(self):
             return self._sequence._seqify_num_batches()

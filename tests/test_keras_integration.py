@@ -244,6 +244,23 @@ def test_a_fresh_fit_after_a_failed_one_trains_normally():
     assert model.trained == [0, 1, 2] * 2
 
 
+@pytest.mark.timeout(60)
+def test_closed_object_is_usable_again_and_fit_still_sees_each_batch_once(model):
+    with seqify.from_batch_fn(make_batch, 3, workers=2, use_multiprocessing=True) as ds:
+        model.fit(ds, epochs=1, verbose=0)
+        ds.close()
+        model.fit(ds, epochs=1, verbose=0)
+    assert model.trained == [0, 1, 2, 0, 1, 2]
+
+
+def test_closing_a_stream_between_fits_loses_no_batch(model):
+    with seqify.from_generator(counting_stream, steps_per_epoch=3, transform=identity, workers=2) as ds:
+        model.fit(ds, epochs=1, verbose=0)
+        ds.close()
+        model.fit(ds, epochs=1, verbose=0)
+    assert model.trained == [0, 1, 2, 3, 4, 5]
+
+
 # -- misc fit arguments -------------------------------------------------------------------------
 
 

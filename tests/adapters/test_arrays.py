@@ -87,6 +87,13 @@ def test_drop_remainder_drops_the_last_partial_batch(sample_model):
     assert sample_model.train_batches == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
 
 
+def test_fit_steps_per_epoch_smaller_than_data_walks_through_the_samples(sample_model):
+    x, y = samples(12)
+    with seqify.from_arrays(x, y, batch_size=4, workers=2) as ds:
+        sample_model.fit(ds, epochs=4, steps_per_epoch=1, verbose=0)
+    assert sample_model.train_batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [0, 1, 2, 3]]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("workers,use_mp", [(2, False), (2, True)], ids=["threads-2", "processes-2"])
 def test_shuffle_is_per_sample_every_sample_once_per_epoch_new_order_each_epoch(sample_model, workers, use_mp):

@@ -237,6 +237,29 @@ def test_exception_in_process_worker_reaches_caller_as_itself_with_batch_index_a
     assert got == [0, 1, 2]
 
 
+class _UnpicklableError(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self.lock = threading.Lock()  # cannot travel back from a worker process
+
+
+def _raises_unpicklable_at_2(i):
+    if i == 2:
+        raise _UnpicklableError("cannot ship me")
+    return make_batch(i)
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_exception_in_process_worker_arrives_as_worker_error_with_type_message_and_index():
+    with seqify.from_batch_fn(_raises_unpicklable_at_2, 4, workers=2, use_multiprocessing=True) as ds:
+        with pytest.raises(seqify.WorkerError) as info:
+            list(ds._seqify_iter_pass())
+    exc = info.value
+    assert "_UnpicklableError: cannot ship me" in str(exc)
+    assert any(re.search(r"\bbatch 2\b", note) for note in exc.__notes__)
+    assert "_raises_unpicklable_at_2" in str(exc.__cause__)
+
+
 def _fails_in_first_epoch_only(i):
     if i == 1 and seqify.worker_info().epoch == 0:
         raise RuntimeError("transient failure in epoch 0")

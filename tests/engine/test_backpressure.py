@@ -1,0 +1,87 @@
+"""Memory bound: never more than max(max_queue_size, workers) batches in flight."""
+
+import functools
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import seqify
+from . import _workfns as wf
+from ._support import KINDS, pool_of
+
+
+def _max_in_flight(ds, consume_seconds):
+    """Runs one epoch with a slow consumer; returns the peak of started-but-not-received batches.
+
+    Each batch reports when it started (CLOCK_MONOTONIC, shared by all
+    processes); the consumer notes when it received it.
+    """
+    started, received = {}, {}
+    for (row,) in ds._seqify_iter_pass():
+        received[int(row[0])] = time.monotonic()
+        started[int(row[0])] = float(row[1])
+        time.sleep(consume_seconds)
+    assert sorted(received) == list(range(len(received)))
+    return max(
+        sum(1 for j in started if started[j] <= started[i] < received[j]) for i in started
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "kind, workers, max_queue_size",
+    [("threads", 2, 2), ("fork", 2, 2), ("threads", 3, 1), ("fork", 3, 1), ("fork", 1, 4)],
+)
+def test_batches_in_flight_never_exceed_max_of_queue_size_and_workers(kind, workers, max_queue_size, closing):
+    bound = max(max_queue_size, workers)
+    settings = dict(KINDS[kind], workers=workers)
+    fn = functools.partial(wf.timed_batch, 0.002)
+    ds = closing(seqify.from_batch_fn(fn, 24, max_queue_size=max_queue_size, **settings))
+    peak = _max_in_flight(ds, consume_seconds=0.03)
+    assert peak <= bound
+    assert peak >= min(bound, 2)  # the engine does run ahead of a slow consumer
+
+
+@pytest.mark.timeout(60)
+def test_process_pool_holds_at_most_the_window_of_results(closing):
+    ds = closing(seqify.from_batch_fn(wf.shm_sized_batch, 12, max_queue_size=2, **KINDS["fork"]))
+    for _ in ds._seqify_iter_pass():
+        time.sleep(0.02)
+        pool = pool_of(ds)
+        # tasks still at a worker + results received but not yet handed out
+        assert len(pool._owner) + len(pool._results) <= 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_producer_runs_ahead_by_at_most_buffer_size(workers, closing):
+    lock = threading.Lock()
+    count = {"generated": 0}
+
+    def gen():
+        i = 0
+        while True:
+            with lock:
+                count["generated"] += 1
+            yield (np.array([i]),)
+            i += 1
+
+    buffer_size, max_queue_size = 3, 2
+    ds = closing(
+        seqify.from_generator(
+            gen, steps_per_epoch=20, buffer_size=buffer_size, max_queue_size=max_queue_size,
+            workers=workers, transform=wf.slow_stream_transform if workers else None,
+        )
+    )
+    window = max(max_queue_size, workers) if workers else 1
+    consumed = 0
+    peak = 0
+    for _ in ds._seqify_iter_pass():
+        consumed += 1
+        time.sleep(0.02)
+        with lock:
+            peak = max(peak, count["generated"] - consumed)
+    # the buffer, the one item the producer holds, and the tasks in flight
+    assert peak <= buffer_size + 1 + window
