@@ -19,6 +19,9 @@ CHECK = os.path.join(os.path.dirname(__file__), "backends", "backend_check.py")
 
 def _run_backend(backend):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    if backend == "jax":
+        # Two CPU devices, for Keras's DataParallel distribution.
+        env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     proc = subprocess.run(
         [sys.executable, CHECK], env=env, capture_output=True, text=True, timeout=240,
     )
@@ -40,3 +43,5 @@ def test_every_batch_exactly_once_under_backend(backend, module):
     # JAX and torch runtimes are not fork-safe: seqify must not fork under them.
     expected = "forkserver" if backend in ("jax", "torch") else "fork"
     assert summary["start_method"] == expected
+    if backend == "jax":
+        assert any("DataParallel" in r["case"] for r in summary["results"])

@@ -63,8 +63,11 @@ def default_start_method() -> str:
     return method
 
 
-def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, parent_pid):
+def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Our parent is the owner (fork, spawn) or the forkserver; either way, if
+    # it goes away we are re-parented and must not linger as an orphan.
+    parent_pid = os.getppid()
     try:
         job = cloudpickle.loads(job_bytes)
     except BaseException as exc:
@@ -76,7 +79,7 @@ def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, parent_pid
     while True:
         try:
             while not conn.poll(_POLL_SECONDS):
-                if os.getppid() != parent_pid:
+                if os.getppid() != parent_pid or not _alive(owner_pid):
                     return  # orphaned: the main process is gone
             message = conn.recv()
         except (EOFError, OSError):
@@ -100,6 +103,16 @@ def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, parent_pid
                 shm_transport.discard(reply[2])
             errors.annotate(exc, f"while sending batch {index} back from worker process {worker_id}")
             conn.send((task_id, False, errors.pack_exception(exc)))
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 
 
 class _Worker:
@@ -328,10 +341,14 @@ class ProcessPool:
             what = f" while building {held}"
         else:
             what = " while idle"
+        if code == -signal.SIGKILL:
+            hint = "A SIGKILL is usually the out-of-memory killer: lower `max_queue_size`, the batch size or `workers`."
+        elif code is not None and code < 0:
+            hint = "A crash in native code (or a signal sent to the worker) ended it."
+        else:
+            hint = "User code in the worker called os._exit()/sys.exit(), or a native library exited."
         self._teardown()
         raise errors.WorkerDiedError(
-            f"seqify worker process {worker.worker_id} (pid {pid}) {how}{what}. "
-            "This is usually the out-of-memory killer (lower `max_queue_size` or the "
-            "batch size) or a crash in native code. The pool was shut down; the next "
-            "epoch starts a fresh one."
+            f"seqify worker process {worker.worker_id} (pid {pid}) {how}{what}. {hint} "
+            "The pool was shut down; the next epoch starts a fresh one."
         )

@@ -92,6 +92,18 @@ def main():
             lambda: seqify.from_generator(stream, steps_per_epoch=4, transform=identity, workers=2, use_multiprocessing=mp),
             list(range(8)), list(range(8, 12)), list(range(12, 16)),
         ))
+    if backend == "jax" and len(keras.distribution.list_devices("cpu")) >= 2:
+        # Keras 3's own distribution API: data parallel over two CPU devices
+        # (XLA_FLAGS=--xla_force_host_platform_device_count=2).
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu")[:2]))
+        try:
+            results.append(check(
+                "jax DataParallel over 2 devices, processes",
+                lambda: seqify.from_batch_fn(make_batch, 5, workers=2, use_multiprocessing=True),
+                list(range(5)) * 2, list(range(5)), list(range(5)),
+            ))
+        finally:
+            keras.distribution.set_distribution(None)
     from seqify.engine.process_pool import default_start_method
 
     summary = {"backend": backend, "start_method": default_start_method(), "results": results}

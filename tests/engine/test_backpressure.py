@@ -32,7 +32,7 @@ def _max_in_flight(ds, consume_seconds):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "kind, workers, max_queue_size",
-    [("threads", 2, 2), ("fork", 2, 2), ("threads", 3, 1), ("fork", 3, 1), ("fork", 1, 4)],
+    [("threads", 2, 2), ("fork", 2, 2), ("threads", 3, 1), ("fork", 3, 1), ("threads", 2, 5), ("fork", 1, 4)],
 )
 def test_batches_in_flight_never_exceed_max_of_queue_size_and_workers(kind, workers, max_queue_size, closing):
     bound = max(max_queue_size, workers)
@@ -41,7 +41,9 @@ def test_batches_in_flight_never_exceed_max_of_queue_size_and_workers(kind, work
     ds = closing(seqify.from_batch_fn(fn, 24, max_queue_size=max_queue_size, **settings))
     peak = _max_in_flight(ds, consume_seconds=0.03)
     assert peak <= bound
-    assert peak >= min(bound, 2)  # the engine does run ahead of a slow consumer
+    # ... and it does run ahead of a slow consumer: the batches after the one
+    # being handed out were all started a consumer-step earlier.
+    assert peak >= bound - 1
 
 
 @pytest.mark.timeout(60)
