@@ -48,3 +48,30 @@ def test_bad_shard_arguments_are_rejected(num_shards, index):
     with seqify.from_batch_fn(make_batch, 7) as ds:
         with pytest.raises(ValueError, match="num_shards|index"):
             ds.shard(num_shards, index)
+
+
+def _global_shard_stream():
+    info = seqify.worker_info()
+    k = 0
+    while True:
+        yield make_batch(info.shard_index + k * info.num_shards)
+        k += 1
+
+
+@pytest.mark.parametrize("use_multiprocessing", [False, True])
+def test_sharded_stream_shards_cover_every_item_once_per_epoch(use_multiprocessing):
+    with seqify.from_generator(
+        _global_shard_stream, steps_per_epoch=8, sharded=True, workers=2, use_multiprocessing=use_multiprocessing,
+    ) as ds:
+        parts = [ds.shard(2, k) for k in range(2)]
+        for epoch in range(2):
+            items = [int(b[0].reshape(-1)[0]) for part in parts for b in part._seqify_iter_pass()]
+            assert sorted(items) == list(range(8 * epoch, 8 * (epoch + 1)))
+        for part in parts:
+            part.close()
+
+
+def test_a_single_producer_stream_refuses_to_shard():
+    with seqify.from_generator(_global_shard_stream, steps_per_epoch=4) as ds:
+        with pytest.raises(TypeError, match="sharded=True"):
+            ds.shard(2, 0)

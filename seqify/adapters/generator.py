@@ -91,6 +91,46 @@ class GeneratorSequence(Sequence):
     def __len__(self):
         return self._num
 
+    def shard(self, num_shards: int, index: int) -> "GeneratorSequence":
+        """Training worker `index` of `num_shards`'s part of a sharded stream.
+
+        Only for `sharded=True`: every local worker's generator then sees a
+        globally unique `worker_info().shard_index` out of
+        `worker_info().num_shards` (= num_shards x workers), so training
+        workers read disjoint shards. Each gets `steps_per_epoch //
+        num_shards` batches per epoch.
+
+        Raises:
+            TypeError: the stream is not sharded (one producer cannot be
+                split without reading everything).
+            ValueError: bad `num_shards`/`index`, or `steps_per_epoch` not
+                divisible by `num_shards` (workers must step in lockstep).
+        """
+        if not self._sharded:
+            raise TypeError(
+                "shard() needs a sharded stream: a single generator cannot be split between "
+                "training workers without each reading all of it. Use "
+                "from_generator(gen, sharded=True, ...) with a generator that reads "
+                "seqify.worker_info().shard_index / .num_shards."
+            )
+        if isinstance(num_shards, bool) or not isinstance(num_shards, (int, np.integer)) or num_shards < 1:
+            raise ValueError(f"`num_shards` must be an int >= 1; got {num_shards!r}.")
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < num_shards:
+            raise ValueError(f"`index` must be an int in 0..{num_shards - 1}; got {index!r}.")
+        if self._num % num_shards:
+            raise ValueError(
+                f"steps_per_epoch={self._num} is not divisible by num_shards={num_shards}; "
+                "training workers must take the same number of steps per epoch."
+            )
+        part = GeneratorSequence(
+            self._source, steps_per_epoch=self._num // num_shards, args=self._args, kwargs=self._kwargs,
+            transform=self._transform, buffer_size=self._buffer_size, workers=self.workers,
+            use_multiprocessing=self.use_multiprocessing, max_queue_size=self.max_queue_size,
+            seed=self.seed, start_method=self._seqify_start_method, sharded=True,
+        )
+        part._training_shard = (int(index), int(num_shards))
+        return part
+
     def __reduce_ex__(self, protocol):
         if self._source_kind == "iterator":
             raise TypeError(
@@ -132,7 +172,11 @@ class GeneratorSequence(Sequence):
 
     def _seqify_make_job(self) -> Job:
         if self._sharded:
-            return Job(transform=self._transform, seed=self.seed, shard_source=(self._source, self._args, self._kwargs))
+            return Job(
+                transform=self._transform, seed=self.seed,
+                shard_source=(self._source, self._args, self._kwargs),
+                training_shard=getattr(self, "_training_shard", (0, 1)),
+            )
         # Only the transform travels to workers; the stream stays here.
         return Job(transform=self._transform, seed=self.seed)
 

@@ -23,11 +23,12 @@ class Job:
         seed: integer seed for `WorkerInfo.rng()`.
     """
 
-    def __init__(self, fetch=None, transform=None, seed: int = 0, shard_source=None):
+    def __init__(self, fetch=None, transform=None, seed: int = 0, shard_source=None, training_shard=(0, 1)):
         self.fetch = fetch
         self.transform = transform
         self.seed = seed
         self.shard_source = shard_source  # (generator function, args, kwargs)
+        self.training_shard = training_shard  # (index, count) from Sequence.shard()
         self._shards = {}  # worker id -> that worker's running shard generator
 
     def __getstate__(self):
@@ -50,7 +51,14 @@ class Job:
             ) from None
 
     def run(self, kind, epoch, index, payload, worker_id=-1, num_workers=0, use_multiprocessing=False):
-        info = WorkerInfo(worker_id, num_workers, epoch, index, self.seed, use_multiprocessing)
+        if self.shard_source is not None:
+            # Global stream shard: local worker within this training worker.
+            local = max(num_workers, 1)
+            shard_index = self.training_shard[0] * local + max(worker_id, 0)
+            num_shards = self.training_shard[1] * local
+        else:
+            shard_index, num_shards = 0, 1
+        info = WorkerInfo(worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards)
         try:
             with building(info):
                 if kind == FETCH:

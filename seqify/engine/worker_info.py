@@ -32,6 +32,10 @@ class WorkerInfo:
         seed: the object's seed (drawn at random at construction if the
             user gave none).
         use_multiprocessing: whether the worker is a process.
+        shard_index: for sharded streams (`from_generator(sharded=True)`),
+            the shard this worker's generator must read: unique across the
+            workers of every training worker (`obj.shard(n, k)`).
+        num_shards: total number of stream shards (all training workers).
     """
 
     worker_id: int
@@ -40,6 +44,8 @@ class WorkerInfo:
     index: int
     seed: int
     use_multiprocessing: bool = False
+    shard_index: int = 0
+    num_shards: int = 1
 
     def rng(self) -> np.random.Generator:
         """A generator seeded by (seed, epoch, index) only.
