@@ -1,6 +1,7 @@
 """Streams (from_generator): one producer, every batch exactly once, in order."""
 
 import gc
+import os
 import threading
 import time
 
@@ -188,7 +189,7 @@ def test_transform_runs_in_worker_processes_in_stream_order(closing):
     batches = epoch(ds)
     assert ids(batches) == list(range(8))
     pids = {int(b[1][0]) for b in batches}
-    assert len(pids) == 2 and threading.get_native_id() not in pids
+    assert len(pids) == 2 and os.getpid() not in pids
 
 
 # -- producer thread lifecycle ----------------------------------------------------------------------
