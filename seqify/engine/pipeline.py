@@ -32,6 +32,7 @@ def ordered(pool, tasks, window, on_abandon=None):
     tasks = iter(tasks)
     exhausted = False
     finished = False
+    deferred = None  # an error from `tasks` (e.g. a stream that ran dry)
     try:
         while True:
             while not exhausted and len(pending) < window:
@@ -40,9 +41,17 @@ def ordered(pool, tasks, window, on_abandon=None):
                 except StopIteration:
                     exhausted = True
                     break
+                except Exception as exc:
+                    # Raised only after every batch before it is handed out:
+                    # read-ahead must not make an error overtake good batches.
+                    deferred = exc
+                    exhausted = True
+                    break
                 pending.append((task[2], task[3], pool.submit(*task)))
             if not pending:
                 finished = True
+                if deferred is not None:
+                    raise deferred
                 return
             index, payload, handle = pending[0]
             result = handle.result()

@@ -149,6 +149,19 @@ def test_shuffle_keeps_x_y_and_sample_weight_rows_together(use_mp):
             assert sorted(seen) == list(range(N))
 
 
+@pytest.mark.timeout(60)
+def test_large_batches_from_process_workers_train_every_sample_once(sample_model):
+    # 4 x 5000 float32 = 80 KB per x batch: above the inline limit, so the
+    # batches travel through shared memory.
+    n, features = 12, 5000
+    x = np.repeat(np.arange(n, dtype="float32")[:, None], features, axis=1)
+    y = np.zeros((n, 1), "float32")
+    with seqify.from_arrays(x, y, batch_size=4, shuffle=True, seed=9, workers=2, use_multiprocessing=True) as ds:
+        sample_model.fit(ds, epochs=2, verbose=0)
+    for batches in epochs_of(sample_model.train_batches, 3):
+        assert sorted(flat(batches)) == list(range(n))
+
+
 def test_dict_inputs_keep_their_structure_through_fit(sample_model):
     x, y = samples()
     with seqify.from_arrays({"x": x}, y, batch_size=4, workers=2) as ds:

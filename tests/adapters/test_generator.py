@@ -192,18 +192,9 @@ def test_generator_running_dry_inside_an_epoch_raises_stream_exhausted_naming_st
     assert "7 batches" in message
 
 
-EARLY_ERROR_BUG = (
-    "BUG: with a transform on workers, an error from the stream itself (StreamExhaustedError, or the "
-    "generator's own exception) is raised as soon as the prefetch window reaches it, before the batches "
-    "the generator produced ahead of it are delivered: seqify/engine/pipeline.py ordered() lets an "
-    "exception from next(tasks) escape its fill loop while earlier results are still pending."
-)
 STREAM_PIPELINES = [
     pytest.param({}, id="no-transform"),
-    pytest.param(
-        {"transform": identity, "workers": 2}, id="transform-on-threads",
-        marks=pytest.mark.xfail(strict=True, reason=EARLY_ERROR_BUG),
-    ),
+    pytest.param({"transform": identity, "workers": 2}, id="transform-on-threads"),
 ]
 
 
