@@ -85,7 +85,7 @@ def seqify_shm_segments():
         try:
             owner = int(name.split("-")[1])
         except (IndexError, ValueError):
-            owner = -1
+            continue  # not a pool's segment (e.g. a transport unit test's own prefix)
         if owner == os.getpid() or not psutil.pid_exists(owner):
             names.append(name)
     return sorted(names)
