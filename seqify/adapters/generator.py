@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from seqify._pickling import check_picklable
+from seqify.engine.batches import standardize_batch
 from seqify.engine.errors import StreamExhaustedError
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.job import SHARD, TRANSFORM, Job
@@ -238,12 +239,25 @@ class GeneratorSequence(Sequence):
                 index, raw = self._next_raw(stream, position, epoch)
                 yield TRANSFORM, epoch, index, raw
 
-        if self._transform is None or self.workers == 0:
-            # Nothing to parallelize: hand each batch out as it arrives.
+        if self._transform is None:
+            return self._iter_untransformed(stream, epoch)
+        if self.workers == 0:
             return ordered(InlinePool(self._seqify_make_job()), tasks(), 1, put_back)
         executor = self._seqify_executor()
         window = max(int(self.max_queue_size), executor.workers, 1)
         return executor.run(self._seqify_make_job, tasks(), window, put_back)
+
+    def _iter_untransformed(self, stream, epoch):
+        # Nothing to parallelize: hand each batch out as it arrives, with no
+        # per-batch machinery beyond the shape check.
+        for position in range(self._num):
+            index, raw = self._next_raw(stream, position, epoch)
+            try:
+                batch = standardize_batch(raw, index)
+            except TypeError:
+                stream.push_front([(index, raw)])
+                raise
+            yield batch
 
     def _seqify_peek(self):
         if self._sharded:

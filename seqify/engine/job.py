@@ -7,7 +7,7 @@ start in a fraction of a second.
 
 from seqify.engine import errors
 from seqify.engine.batches import standardize_batch
-from seqify.engine.worker_info import WorkerInfo, building
+from seqify.engine.worker_info import WorkerInfo, set_current
 
 FETCH = "fetch"
 TRANSFORM = "transform"
@@ -59,22 +59,24 @@ class Job:
         else:
             shard_index, num_shards = 0, 1
         info = WorkerInfo(worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards)
+        previous = set_current(info)
         try:
-            with building(info):
-                if kind == FETCH:
-                    batch = self.fetch(index)
-                elif kind == TRANSFORM:
-                    batch = self.transform(payload) if self.transform is not None else payload
-                elif kind == SHARD:
-                    batch = self._next_from_shard(worker_id, num_workers)
-                    if self.transform is not None:
-                        batch = self.transform(batch)
-                else:  # pragma: no cover - programming error
-                    raise AssertionError(kind)
+            if kind == FETCH:
+                batch = self.fetch(index)
+            elif kind == TRANSFORM:
+                batch = self.transform(payload) if self.transform is not None else payload
+            elif kind == SHARD:
+                batch = self._next_from_shard(worker_id, num_workers)
+                if self.transform is not None:
+                    batch = self.transform(batch)
+            else:  # pragma: no cover - programming error
+                raise AssertionError(kind)
             return standardize_batch(batch, index)
         except BaseException as exc:
             errors.annotate(exc, describe(kind, epoch, index, worker_id, use_multiprocessing))
             raise
+        finally:
+            set_current(previous)
 
 
 def describe(kind, epoch, index, worker_id, use_multiprocessing) -> str:

@@ -7,10 +7,9 @@ therefore bit-for-bit identical whatever `workers` and `use_multiprocessing`
 are, and different batches still get different randomness.
 """
 
-import contextlib
 import dataclasses
 import threading
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -75,12 +74,11 @@ def worker_info() -> Optional[WorkerInfo]:
     return getattr(_state, "info", None)
 
 
-@contextlib.contextmanager
-def building(info: WorkerInfo) -> Iterator[None]:
-    """Sets `worker_info()` for the duration of one call into user code."""
+def set_current(info: Optional[WorkerInfo]) -> Optional[WorkerInfo]:
+    """Sets `worker_info()` for this thread; returns the previous value.
+
+    A plain function rather than a context manager: it runs once per batch.
+    """
     previous = getattr(_state, "info", None)
     _state.info = info
-    try:
-        yield
-    finally:
-        _state.info = previous
+    return previous
