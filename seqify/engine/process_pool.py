@@ -19,6 +19,7 @@ import itertools
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import threading
@@ -63,8 +64,13 @@ def default_start_method() -> str:
     return method
 
 
-def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid):
+def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid, inherited=()):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Under fork we inherit the main side of our own pipe (and of earlier
+    # workers' pipes). Holding them would keep those pipes open after the
+    # main process dies, so a blocked send would never fail: drop them.
+    for other_end in inherited:
+        other_end.close()
     # Our parent is the owner (fork, spawn) or the forkserver; either way, if
     # it goes away we are re-parented and must not linger as an orphan.
     parent_pid = os.getppid()
@@ -76,14 +82,22 @@ def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid)
         return
     del job_bytes
     encoder = shm_transport.Encoder(f"{shm_prefix}w{worker_id}-")
+    try:
+        _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid)
+    except (EOFError, OSError):
+        pass  # the main process closed our pipe or died
+    if not _alive(owner_pid):
+        # Orphaned: segments already sent to the dead main process have no
+        # reader left to unlink them.
+        shm_transport.sweep(shm_prefix)
+
+
+def _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid):
     while True:
-        try:
-            while not conn.poll(_POLL_SECONDS):
-                if os.getppid() != parent_pid or not _alive(owner_pid):
-                    return  # orphaned: the main process is gone
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
+        while not conn.poll(_POLL_SECONDS):
+            if os.getppid() != parent_pid or not _alive(owner_pid):
+                return
+        message = conn.recv()
         if message is None:
             return
         task_id, kind, epoch, index, payload = message
@@ -98,6 +112,10 @@ def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid)
             reply = (task_id, False, errors.pack_exception(exc))
         try:
             conn.send(reply)
+        except OSError:
+            if reply[1]:
+                shm_transport.discard(reply[2])
+            raise
         except Exception as exc:  # e.g. a batch holding an unpicklable object
             if reply[1]:
                 shm_transport.discard(reply[2])
@@ -139,6 +157,41 @@ class _Handle:
         self._pool._discard(self._task_id)
 
 
+class _Sender:
+    """Sends tasks that carry payloads on a thread of its own.
+
+    Payload-carrying tasks (stream batches for `transform`) can be large. If
+    the consuming thread sent them itself, it could block on a full pipe while
+    the worker blocks sending results that only that same thread reads: a
+    deadlock. With a sender thread the consumer keeps reading results. Pure
+    index tasks are a few bytes and are sent directly until a sender exists;
+    after that, everything goes through it to keep per-worker order.
+    """
+
+    def __init__(self):
+        self._queue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="seqify-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, conn, message):
+        self._queue.put((conn, message))
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            conn, message = item
+            try:
+                conn.send(message)
+            except OSError:
+                pass  # the worker died: the consumer's pump reports it
+
+    def stop(self):
+        self._queue.put(None)
+        self._thread.join(timeout=2.0)
+
+
 class ProcessPool:
     """`num_workers` processes running a cloudpickled `Job`.
 
@@ -164,6 +217,7 @@ class ProcessPool:
         self._owner = {}  # task_id -> _Worker
         self._lock = threading.RLock()
         self.shm_prefix = None
+        self._sender = None
 
     # -- life cycle -------------------------------------------------------
     def _start(self):
@@ -171,12 +225,15 @@ class ProcessPool:
         self.shm_prefix = f"seqify-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._encoder = shm_transport.Encoder(f"{self.shm_prefix}m-")
         workers = []
+        forking = context.get_start_method() == "fork"
         try:
             for worker_id in range(self.num_workers):
                 parent_conn, child_conn = context.Pipe(duplex=True)
+                # Only a forked child inherits (and must close) main-side ends.
+                inherited = [w.conn for w in workers] + [parent_conn] if forking else []
                 process = context.Process(
                     target=_worker_main,
-                    args=(child_conn, self._job_bytes, worker_id, self.num_workers, self.shm_prefix, os.getpid()),
+                    args=(child_conn, self._job_bytes, worker_id, self.num_workers, self.shm_prefix, os.getpid(), inherited),
                     name=f"{self._name}-worker-{worker_id}",
                     daemon=True,
                 )
@@ -199,7 +256,7 @@ class ProcessPool:
             self._job_bytes = cloudpickle.dumps(job)
             if self._workers is not None:
                 for worker in self._workers:
-                    worker.conn.send((None, _UPDATE, 0, 0, self._job_bytes))
+                    self._send(worker, (None, _UPDATE, 0, 0, self._job_bytes))
 
     def close(self) -> None:
         """Stops the workers and frees every shared-memory segment. Idempotent."""
@@ -208,6 +265,9 @@ class ProcessPool:
 
     def _teardown(self, graceful=False):
         workers, self._workers = self._workers, None
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.stop()
         if workers:
             if graceful:
                 for worker in workers:
@@ -252,12 +312,20 @@ class ProcessPool:
             self._owner[task_id] = worker
             if payload is not None:
                 payload = self._encoder.encode(payload)
+                if self._sender is None:
+                    self._sender = _Sender()
             try:
-                worker.conn.send((task_id, kind, epoch, index, payload))
+                self._send(worker, (task_id, kind, epoch, index, payload))
             except OSError:
                 self._check_alive()
                 raise
             return _Handle(self, task_id)
+
+    def _send(self, worker, message):
+        if self._sender is not None:
+            self._sender.put(worker.conn, message)
+        else:
+            worker.conn.send(message)
 
     def _discard(self, task_id):
         with self._lock:

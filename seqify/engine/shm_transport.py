@@ -44,7 +44,7 @@ class ShmArray:
     """Placeholder for an array that travels through shared memory."""
 
     name: str
-    dtype: str
+    dtype: np.dtype  # the dtype object: keeps structured fields, datetime units
     shape: tuple
     nbytes: int
 
@@ -64,7 +64,9 @@ class Encoder:
         return self._walk(obj)
 
     def _walk(self, obj):
-        if isinstance(obj, np.ndarray):
+        # Exactly ndarray: subclasses (masked arrays, matrices) carry more than
+        # their buffer and travel pickled, intact.
+        if type(obj) is np.ndarray:
             if obj.nbytes >= self.inline_bytes and not obj.dtype.hasobject:
                 return self._write(obj)
             return obj
@@ -79,7 +81,8 @@ class Encoder:
     def _write(self, array: np.ndarray) -> ShmArray:
         name = f"{self.prefix}{next(self._counter)}"
         data = np.ascontiguousarray(array)
-        view = memoryview(data).cast("B")
+        # Raw bytes: memoryview() refuses some dtypes (datetime64, ...).
+        view = memoryview(data.reshape(-1).view(np.uint8))
         fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             written = 0
@@ -90,7 +93,7 @@ class Encoder:
             _unlink(name)
             raise
         os.close(fd)
-        return ShmArray(name, data.dtype.str, data.shape, data.nbytes)
+        return ShmArray(name, data.dtype, data.shape, data.nbytes)
 
 
 def decode(obj):
@@ -142,7 +145,7 @@ def _read(ref: ShmArray) -> np.ndarray:
     finally:
         os.close(fd)
         _unlink(ref.name)
-    return np.frombuffer(mm, dtype=np.dtype(ref.dtype)).reshape(ref.shape)
+    return np.frombuffer(mm, dtype=ref.dtype).reshape(ref.shape)
 
 
 def _unlink(name: str) -> None:
