@@ -15,6 +15,7 @@ Design (see docs/design.md):
   their own when the main process goes away.
 """
 
+import collections
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -81,7 +82,7 @@ def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid,
         conn.send((None, False, errors.pack_exception(exc)))
         return
     del job_bytes
-    encoder = shm_transport.Encoder(f"{shm_prefix}w{worker_id}-")
+    encoder = shm_transport.Encoder(f"{shm_prefix}w{worker_id}-", max_slots=shm_transport.MAX_SLOTS)
     try:
         _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid)
     except (EOFError, OSError):
@@ -100,7 +101,8 @@ def _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid):
         message = conn.recv()
         if message is None:
             return
-        task_id, kind, epoch, index, payload = message
+        task_id, kind, epoch, index, payload, released = message
+        encoder.release(released)  # slots whose arrays the main process dropped
         if kind == _UPDATE:
             job = cloudpickle.loads(payload)
             continue
@@ -114,11 +116,11 @@ def _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid):
             conn.send(reply)
         except OSError:
             if reply[1]:
-                shm_transport.discard(reply[2])
+                shm_transport.discard(reply[2], encoder.release_one)
             raise
         except Exception as exc:  # e.g. a batch holding an unpicklable object
             if reply[1]:
-                shm_transport.discard(reply[2])
+                shm_transport.discard(reply[2], encoder.release_one)
             errors.annotate(exc, f"while sending batch {index} back from worker process {worker_id}")
             conn.send((task_id, False, errors.pack_exception(exc)))
 
@@ -134,13 +136,25 @@ def _alive(pid) -> bool:
 
 
 class _Worker:
-    __slots__ = ("worker_id", "process", "conn", "tasks")
+    __slots__ = ("worker_id", "process", "conn", "tasks", "released", "decoder")
 
     def __init__(self, worker_id, process, conn):
         self.worker_id = worker_id
         self.process = process
         self.conn = conn
         self.tasks = {}  # task_id -> (kind, epoch, index)
+        # Slot ids of this worker whose arrays were garbage-collected here;
+        # appended from any thread, sent back with the next task.
+        self.released = collections.deque()
+        self.decoder = shm_transport.Decoder(self.released.append)
+
+    def take_released(self):
+        out = []
+        while True:
+            try:
+                out.append(self.released.popleft())
+            except IndexError:
+                return out
 
 
 class _Handle:
@@ -212,7 +226,7 @@ class ProcessPool:
         self._job_bytes = cloudpickle.dumps(job)
         self._workers = None
         self._task_ids = itertools.count()
-        self._results = {}  # task_id -> (ok, payload)
+        self._results = {}  # task_id -> (ok, payload, worker)
         self._discarded = set()
         self._owner = {}  # task_id -> _Worker
         self._lock = threading.RLock()
@@ -256,7 +270,7 @@ class ProcessPool:
             self._job_bytes = cloudpickle.dumps(job)
             if self._workers is not None:
                 for worker in self._workers:
-                    self._send(worker, (None, _UPDATE, 0, 0, self._job_bytes))
+                    self._send(worker, (None, _UPDATE, 0, 0, self._job_bytes, worker.take_released()))
 
     def close(self) -> None:
         """Stops the workers and frees every shared-memory segment. Idempotent."""
@@ -288,7 +302,7 @@ class ProcessPool:
                 worker.conn.close()
                 worker.process.close()
         # Results received but never consumed still own shm segments.
-        for ok, payload in self._results.values():
+        for ok, payload, _ in self._results.values():
             if ok:
                 shm_transport.discard(payload)
         self._results.clear()
@@ -315,7 +329,7 @@ class ProcessPool:
                 if self._sender is None:
                     self._sender = _Sender()
             try:
-                self._send(worker, (task_id, kind, epoch, index, payload))
+                self._send(worker, (task_id, kind, epoch, index, payload, worker.take_released()))
             except OSError:
                 self._check_alive()
                 raise
@@ -332,7 +346,7 @@ class ProcessPool:
             done = self._results.pop(task_id, None)
             if done is not None:
                 if done[0]:
-                    shm_transport.discard(done[1])
+                    shm_transport.discard(done[1], done[2].released.append)
             elif task_id in self._owner:
                 self._discarded.add(task_id)
 
@@ -342,9 +356,9 @@ class ProcessPool:
                 if self._workers is None or task_id not in self._owner:
                     raise RuntimeError("seqify: the worker pool was closed while a batch was pending.")
                 self._pump()
-            ok, payload = self._results.pop(task_id)
+            ok, payload, worker = self._results.pop(task_id)
         if ok:
-            return shm_transport.decode(payload)
+            return worker.decoder.decode(payload)
         kind, epoch, index = payload[1]
         raise errors.unpack_exception(payload[0], describe(kind, epoch, index, payload[2], True))
 
@@ -372,11 +386,11 @@ class ProcessPool:
         if task_id in self._discarded:
             self._discarded.discard(task_id)
             if ok:
-                shm_transport.discard(payload)
+                shm_transport.discard(payload, worker.released.append)
             return True
         if not ok:
             payload = (payload, (kind, epoch, index), worker.worker_id)
-        self._results[task_id] = (ok, payload)
+        self._results[task_id] = (ok, payload, worker)
         return True
 
     def _check_alive(self, pipe_closed=False):
