@@ -51,6 +51,9 @@ class Executor:
 
         pool = self.pool(make_job)
         try:
+            check = getattr(pool, "check", None)
+            if check is not None:
+                check()  # a worker that died between epochs is reported as such
             yield from ordered(pool, tasks, window, on_abandon)
         except errors.WorkerDiedError:
             self.close()

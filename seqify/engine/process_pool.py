@@ -24,6 +24,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import uuid
 
 import cloudpickle
@@ -198,8 +199,8 @@ class _Sender:
             conn, message = item
             try:
                 conn.send(message)
-            except OSError:
-                pass  # the worker died: the consumer's pump reports it
+            except (OSError, ValueError, TypeError):
+                pass  # the worker died or the pool closed: the consumer reports it
 
     def stop(self):
         self._queue.put(None)
@@ -260,6 +261,13 @@ class ProcessPool:
             raise
         self._workers = workers
 
+    def check(self) -> None:
+        """Raises WorkerDiedError if a worker died while idle (e.g. between epochs)."""
+        with self._lock:
+            for worker in self._workers or ():
+                if not worker.process.is_alive():
+                    self._raise_died(worker)
+
     @property
     def pids(self):
         return [w.process.pid for w in self._workers or ()]
@@ -280,27 +288,31 @@ class ProcessPool:
     def _teardown(self, graceful=False):
         workers, self._workers = self._workers, None
         sender, self._sender = self._sender, None
-        if sender is not None:
-            sender.stop()
         if workers:
-            if graceful:
-                for worker in workers:
-                    try:
+            for worker in workers:
+                # Only an idle worker with no sender in the way is sure to
+                # read a stop message; a busy one may be blocked writing
+                # results nobody will read, so it is terminated instead (its
+                # segments are swept below).
+                idle = not worker.tasks and sender is None
+                try:
+                    if graceful and idle and worker.process.is_alive():
                         worker.conn.send(None)
-                    except OSError:
-                        pass
-                for worker in workers:
-                    worker.process.join(timeout=2.0)
+                    else:
+                        worker.process.terminate()
+                except (OSError, ValueError):
+                    pass
+            deadline = time.monotonic() + 2.0
             for worker in workers:
-                if worker.process.is_alive():
-                    worker.process.terminate()
-            for worker in workers:
-                worker.process.join(timeout=2.0)
+                worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
                 if worker.process.is_alive():
                     worker.process.kill()
                     worker.process.join()
-                worker.conn.close()
-                worker.process.close()
+        if sender is not None:
+            sender.stop()  # its peers are gone: a blocked send has failed
+        for worker in workers or ():
+            worker.conn.close()
+            worker.process.close()
         # Results received but never consumed still own shm segments.
         for ok, payload, _ in self._results.values():
             if ok:

@@ -102,9 +102,10 @@ class Encoder:
         return self._walk(obj)
 
     def _walk(self, obj):
-        # Exactly ndarray: subclasses (masked arrays, matrices) carry more than
-        # their buffer and travel pickled, intact.
-        if type(obj) is np.ndarray:
+        # Plain arrays (and memmaps, whose buffer is all there is) go through
+        # shared memory; other subclasses (masked arrays, matrices) carry more
+        # than their buffer and travel pickled, intact.
+        if type(obj) is np.ndarray or type(obj) is np.memmap:
             if obj.nbytes >= self.inline_bytes and not obj.dtype.hasobject:
                 return self._write(obj)
             return obj

@@ -23,12 +23,14 @@ def index_batch(i):
 
 
 def who_batch(i):
-    """Which process and thread built batch `i`."""
+    """Which process and thread built batch `i` (slow enough to keep every worker busy)."""
+    time.sleep(0.005)
     return (np.array([os.getpid(), threading.get_ident(), i], dtype=np.uint64),)
 
 
 def recording_batch(path, i):
     """A Keras-ready batch `i`; appends 'pid thread-ident' to `path` first."""
+    time.sleep(0.005)
     with open(path, "a") as f:
         f.write(f"{os.getpid()} {threading.get_ident()}\n")
     return np.full((4, 3), i, dtype="float32"), np.zeros((4, 1), dtype="float32")
@@ -168,3 +170,27 @@ def explode_once(flag_path, bad_index, i):
         os.remove(flag_path)
         raise UserBoom(f"user code rejected batch {i}")
     return np.full((2, 3), i, dtype=np.float32), np.zeros((2, 1), dtype=np.float32)
+
+
+def identity(batch):
+    return batch
+
+
+def memmap_slice_batch(path, i):
+    """Batch `i` sliced from a read-only np.memmap (np.load(mmap_mode='r')), as datasets do."""
+    data = np.load(path, mmap_mode="r")
+    return data[i * 256:(i + 1) * 256], np.array([i], dtype=np.int64)
+
+
+def large_epoch_value(epoch, i):
+    return np.full((512, 512), epoch * 1000 + i, dtype=np.float32)
+
+
+def large_epoch_batch(i):
+    """1 MiB, filled with epoch * 1000 + i: every batch of every epoch differs."""
+    return (large_epoch_value(worker_info().epoch, i),)
+
+
+def large_keras_batch(i):
+    """A Keras-ready batch of 256 KiB (x filled with its id, so fit can audit it)."""
+    return np.full((512, 128), i, dtype=np.float32), np.zeros((512, 1), dtype=np.float32)

@@ -38,8 +38,8 @@ def test_batches_in_flight_never_exceed_max_of_queue_size_and_workers(kind, work
     bound = max(max_queue_size, workers)
     settings = dict(KINDS[kind], workers=workers)
     fn = functools.partial(wf.timed_batch, 0.002)
-    ds = closing(seqify.from_batch_fn(fn, 24, max_queue_size=max_queue_size, **settings))
-    peak = _max_in_flight(ds, consume_seconds=0.03)
+    ds = closing(seqify.from_batch_fn(fn, 16, max_queue_size=max_queue_size, **settings))
+    peak = _max_in_flight(ds, consume_seconds=0.05)
     assert peak <= bound
     # ... and it does run ahead of a slow consumer: the batches after the one
     # being handed out were all started a consumer-step earlier.

@@ -87,6 +87,22 @@ def test_shuffled_order_depends_on_the_seed(closing):
     assert a != b
 
 
+@pytest.mark.timeout(60)
+def test_seeded_stream_transform_is_bit_identical_whatever_the_workers(closing):
+    def gen():
+        i = 0
+        while True:
+            yield np.full((16, 8), i, dtype=np.float32), np.array([i])
+            i += 1
+
+    runs = []
+    for settings in (CONFIGS["0-threads"], CONFIGS["2-threads"], CONFIGS["2-processes"]):
+        ds = closing(seqify.from_generator(gen, steps_per_epoch=5, transform=wf.rng_transform, seed=SEED, **settings))
+        runs.append([b[0].tobytes() for b in epoch(ds) + epoch(ds)])
+    assert runs[0] == runs[1] == runs[2]
+    assert len(set(runs[0])) == 10
+
+
 # -- worker_info() ----------------------------------------------------------------------
 def test_worker_info_is_none_outside_a_batch_function(closing):
     assert seqify.worker_info() is None

@@ -45,12 +45,35 @@ SCRIPT = textwrap.dedent(
 )
 
 
+# A main process that stops reading: its single worker has 20 finished batches
+# to send back, 128 KB each, small arrays (inline, through the pipe itself), so
+# the worker ends up blocked writing to the full pipe.
+STUCK_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np
+    import seqify
+
+    def batch(i):
+        return np.full((32, 500), i, dtype=np.float32), np.full((32, 500), i, dtype=np.float32)
+
+    if __name__ == "__main__":
+        ds = seqify.from_batch_fn(batch, 50, workers=1, use_multiprocessing=True,
+                                  max_queue_size=20, start_method=sys.argv[1])
+        it = ds._seqify_iter_pass()
+        next(it)
+        print("PIDS", *ds._seqify_runtime().executor.running_pool.pids, flush=True)
+        time.sleep(120)
+    """
+)
+
+
 class Script:
     """A Python script running a process-worker seqify object in its own session."""
 
-    def __init__(self, tmp_path, start_method, mode, slow=60.0):
+    def __init__(self, tmp_path, start_method, mode, slow=60.0, text=SCRIPT):
         path = tmp_path / "seqify_script.py"
-        path.write_text(SCRIPT)
+        path.write_text(text)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [sys.executable, str(path), start_method, mode, str(slow)],
@@ -101,8 +124,8 @@ class Script:
 def script(tmp_path):
     started = []
 
-    def start(start_method, mode, slow=60.0):
-        started.append(Script(tmp_path, start_method, mode, slow))
+    def start(start_method, mode, slow=60.0, text=SCRIPT):
+        started.append(Script(tmp_path, start_method, mode, slow, text))
         return started[-1]
 
     yield start
@@ -111,7 +134,7 @@ def script(tmp_path):
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_ctrl_c_mid_epoch_ends_the_script_and_leaves_no_workers_or_segments(start_method, script):
     s = script(start_method, "run")
     pids = s.wait_for_workers()
@@ -145,13 +168,18 @@ def test_workers_exit_on_their_own_when_the_main_process_is_killed(start_method,
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: segments already sent to a main process that is then SIGKILLed (the OOM killer's "
-    "way) stay in /dev/shm forever: orphaned workers exit (process_pool._worker_main returns on "
-    "getppid() change) without sweeping their own `<prefix>w<id>-` names, and nobody else can",
-)
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_worker_blocked_sending_results_exits_when_the_main_process_is_killed(start_method, script):
+    s = script(start_method, "stuck", text=STUCK_SCRIPT)
+    pids = s.wait_for_workers()
+    time.sleep(1.5)  # the worker fills the pipe and blocks in write()
+    s.proc.kill()
+    s.proc.wait()
+    left = wait_gone(pids, timeout=8.0)
+    assert left == [], f"workers {left} outlived their main process"
+
+
+@pytest.mark.timeout(150)
 def test_batches_in_flight_when_the_main_process_is_killed_do_not_stay_in_shared_memory(script):
     s = script("fork", "run", slow=1.0)
     pids = s.wait_for_workers()

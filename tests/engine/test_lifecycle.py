@@ -52,21 +52,7 @@ def test_same_worker_threads_build_every_epoch(closing):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "fork",
-        "spawn",
-        pytest.param(
-            "forkserver",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: forkserver workers think they are orphaned (their parent is the "
-                "forkserver, not the main process) and exit after 1 s without a task",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("kind", PROCESS_KINDS)
 def test_worker_processes_survive_an_idle_pause_between_epochs(kind, closing):
     # Between epochs a real training loop validates, checkpoints, logs: the
     # workers must still be there afterwards.
@@ -210,6 +196,34 @@ def test_garbage_collection_ends_worker_processes_of_a_sequence_subclass():
     assert wait_gone(pids, timeout=5.0) == []
 
 
+class _Shifting(seqify.Sequence):
+    """Changes its state in on_epoch_end, as augmentation schedules do."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.offset = 0
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return (np.array([self.offset + i, os.getpid()], dtype=np.int64),)
+
+    def on_epoch_end(self):
+        self.offset += 100
+
+
+@pytest.mark.timeout(60)
+def test_state_changed_by_epoch_hooks_reaches_the_persistent_worker_processes(closing):
+    ds = closing(_Shifting(**FORK))
+    first = epoch(ds)
+    ds.on_epoch_end()  # what fit does between epochs
+    second = epoch(ds)
+    assert [int(b[0][0]) for b in first] == [0, 1, 2, 3]
+    assert [int(b[0][0]) for b in second] == [100, 101, 102, 103]
+    assert {int(b[0][1]) for b in second} == {int(b[0][1]) for b in first} == set(pool_of(ds).pids)
+
+
 # -- no growth ------------------------------------------------------------------
 def _resources():
     me = psutil.Process()
@@ -218,23 +232,63 @@ def _resources():
         "threads": me.num_threads(),
         "python threads": threading.active_count(),
         "fds": me.num_fds(),
-        "shm segments": len(shm()),
+        "shm segments": len(shm(f"seqify-{os.getpid()}-")),
     }
+
+
+def _epoch_ids_dropping_batches(ds):
+    """One epoch; each batch is dropped as soon as it is read (as fit does)."""
+    seen = []
+    for batch in ds._seqify_iter_pass():
+        seen.append(ids([batch])[0])
+        del batch
+    return seen
+
+
+def _assert_no_growth(before, after):
+    grown = {k: (before[k], after[k]) for k in before if after[k] > before[k]}
+    assert not grown, f"resources grew over 50 epochs (before, after): {grown}"
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["threads", "fork", "spawn"])
 def test_fifty_epochs_grow_no_processes_threads_fds_or_segments(kind, closing):
+    # A first pool of this kind sets up process-wide, one-time state (spawn
+    # starts multiprocessing's resource tracker, holding a pipe to it).
+    with seqify.from_batch_fn(wf.shm_sized_batch, 3, **KINDS[kind]) as first:
+        epoch(first)
+    fds_without_pool = psutil.Process().num_fds()
     # shm_sized_batch sends a 64 KiB array, so process workers use shared memory.
     ds = closing(seqify.from_batch_fn(wf.shm_sized_batch, 3, max_queue_size=2, **KINDS[kind]))
-    epoch(ds)  # warm up: the pool exists from here on
+    for _ in range(5):  # warm up: the pool and its recycled segments exist from here on
+        _epoch_ids_dropping_batches(ds)
     before = _resources()
     for _ in range(50):
-        batches = epoch(ds)
-        assert ids(batches) == [0, 1, 2]
-    del batches
+        assert _epoch_ids_dropping_batches(ds) == [0, 1, 2]
     gc.collect()
-    after = _resources()
-    grown = {k: (before[k], after[k]) for k in before if after[k] > before[k]}
-    assert not grown, f"resources grew over 50 epochs (before, after): {grown}"
+    _assert_no_growth(before, _resources())
+    ds.close()
+    assert psutil.Process().num_fds() <= fds_without_pool
+    assert not shm(f"seqify-{os.getpid()}-")
+
+
+@pytest.mark.timeout(120)
+def test_fifty_stream_epochs_with_process_transform_grow_nothing(closing):
+    def gen():
+        i = 0
+        while True:
+            yield (np.full((128, 128), i, dtype=np.float32),)  # 64 KiB: shared memory both ways
+            i += 1
+
+    fds_without_pool = psutil.Process().num_fds()
+    ds = closing(seqify.from_generator(gen, steps_per_epoch=3, transform=wf.identity, max_queue_size=2, **FORK))
+    for _ in range(5):
+        _epoch_ids_dropping_batches(ds)
+    before = _resources()
+    for n in range(5, 55):
+        assert _epoch_ids_dropping_batches(ds) == [3 * n, 3 * n + 1, 3 * n + 2]
+    gc.collect()
+    _assert_no_growth(before, _resources())
+    ds.close()
+    assert psutil.Process().num_fds() <= fds_without_pool
     assert not shm(f"seqify-{os.getpid()}-")

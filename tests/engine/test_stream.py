@@ -2,6 +2,8 @@
 
 import gc
 import os
+import re
+import signal
 import threading
 import time
 
@@ -9,10 +11,12 @@ import numpy as np
 import pytest
 
 import seqify
+from seqify.engine import shm_transport
 from seqify.engine.stream import Stream, StreamEnd
 
 from . import _workfns as wf
-from ._support import epoch, ids, threads_named
+from ._support import epoch, ids, pool_of, threads_named
+from ._support import shm as shm_names
 
 SETTINGS = {
     "inline": dict(workers=0),
@@ -160,20 +164,8 @@ def test_generator_exception_propagates_with_its_type(kind, closing):
     assert info.value.args == ("generator broke",)
 
 
-_EARLY_ERROR = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with workers, a generator error surfaces before the batches the generator "
-    "yielded ahead of it: pipeline.ordered() lets an exception from next(tasks) escape while "
-    "it fills the window, instead of first yielding the results already in flight (they are "
-    "pushed back to the stream, and the consumer sees the error up to `window` batches early)",
-)
-
-
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    "kind",
-    ["inline", pytest.param("threads", marks=_EARLY_ERROR), pytest.param("processes", marks=_EARLY_ERROR)],
-)
+@pytest.mark.parametrize("kind", list(SETTINGS))
 def test_batches_yielded_before_a_generator_error_are_delivered_first(kind, closing):
     ds = closing(seqify.from_generator(Source(fail_after=2), steps_per_epoch=5, **SETTINGS[kind]))
     taken = []
@@ -213,3 +205,90 @@ def test_garbage_collection_ends_the_producer_and_worker_threads():
     while threads_named("GeneratorSequence") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not threads_named("GeneratorSequence")
+
+
+@pytest.mark.timeout(90)
+def test_process_transform_of_pipe_sized_stream_items_does_not_deadlock(closing):
+    ds = closing(
+        seqify.from_generator(
+            _pipe_sized_stream, steps_per_epoch=30, transform=wf.identity, workers=1, use_multiprocessing=True,
+            start_method="fork", max_queue_size=10,
+        )
+    )
+    finished = threading.Event()
+    stuck = []
+
+    def watchdog():
+        # A deadlock cannot be interrupted from the test: end it by killing the
+        # worker (the main side then fails with WorkerDiedError, not a hang).
+        if not finished.wait(10):
+            stuck.append(True)
+            for pid in pool_of(ds).pids:
+                os.kill(pid, signal.SIGKILL)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        got = ids(epoch(ds))
+    finally:
+        finished.set()
+    assert not stuck
+    assert got == list(range(30))
+
+
+@pytest.mark.timeout(60)
+def test_large_items_of_an_abandoned_epoch_leave_no_shared_memory_behind(closing):
+    def gen():
+        i = 0
+        while True:
+            yield (np.full((256, 256), i, dtype=np.float32),)  # 256 KiB: shared memory both ways
+            i += 1
+
+    ds = closing(seqify.from_generator(gen, steps_per_epoch=6, max_queue_size=4, **SETTINGS["processes"]))
+    it = ds._seqify_iter_pass()
+    assert ids([next(it), next(it)]) == [0, 1]
+    it.close()
+    assert ids(epoch(ds)) == [2, 3, 4, 5, 6, 7]
+    # Before close(): nothing waits for a sweep; only the workers' bounded,
+    # recycled result slots ("...-w<id>-s<k>") stay until the pool closes.
+    prefix = pool_of(ds).shm_prefix
+    names = shm_names(prefix)
+    assert all(re.fullmatch(re.escape(prefix) + r"w\d+-s\d+", name) for name in names), names
+    assert len(names) <= shm_transport.MAX_SLOTS * 2
+
+
+def _pipe_sized_stream():
+    i = 0
+    while True:  # two 64,000-byte arrays: each under INLINE_BYTES, so both travel in the pipe
+        yield np.full((32, 500), i, dtype=np.float32), np.full((32, 500), i, dtype=np.float32)
+        i += 1
+
+
+@pytest.mark.timeout(90)
+def test_close_after_an_abandoned_epoch_of_pipe_sized_items_does_not_hang(closing):
+    ds = closing(
+        seqify.from_generator(
+            _pipe_sized_stream, steps_per_epoch=30, transform=wf.identity, workers=1,
+            use_multiprocessing=True, start_method="fork", max_queue_size=10,
+        )
+    )
+    it = ds._seqify_iter_pass()
+    assert ids([next(it)]) == [0]
+    time.sleep(1.0)  # the worker and the sender fill both directions of the pipe
+    it.close()
+    pids = pool_of(ds).pids
+    finished = threading.Event()
+    stuck = []
+
+    def watchdog():
+        if not finished.wait(10):  # end a hang by killing the worker: then close() returns
+            stuck.append(True)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        ds.close()
+    finally:
+        finished.set()
+    assert not stuck, "close() hung"
+    assert ids(epoch(ds))[:3] == [1, 2, 3]  # and the stream lost nothing
