@@ -1,16 +1,24 @@
-"""A single-producer stream over a generator, with a bounded buffer.
+"""A single-producer stream over a generator, with a bounded read-ahead buffer.
 
-Exactly one thread ever calls `next()` on the user's generator, so nothing is
-generated twice, whatever the number of consumers or workers. Items carry
-their position in the stream (0, 1, 2, ...), which is also the index that
-`worker_info()` reports to a transform. Consumers that stop early push their
-unconsumed items back to the front, and `close()` keeps whatever the producer
-had buffered, so no item is ever lost: a closed stream resumes where its
+Exactly one thread at a time calls `next()` on the user's generator, so
+nothing is generated twice, whatever the number of consumers or workers.
+Items carry their position in the stream (0, 1, 2, ...), which is also the
+index that `worker_info()` reports to a transform. Consumers that stop early
+push their unconsumed items back to the front, and `close()` keeps whatever
+was buffered, so no item is ever lost: a closed stream resumes where its
 consumer stopped.
+
+One dedicated producer thread runs the generator (generators holding
+thread-bound resources, such as a sqlite connection, keep working). It reads
+ahead while the consumer is busy elsewhere (e.g. the model trains, releasing
+the GIL). When the generator is the bottleneck, a naive producer thread
+costs a GIL convoy: having handed over an item it runs straight on into the
+next `next()` while the woken consumer waits for the interpreter's switch
+interval. So after a hand-off to a *waiting* consumer the producer blocks
+until that consumer has taken the item.
 """
 
 import collections
-import queue
 import threading
 
 from seqify import locks
@@ -31,7 +39,7 @@ class Stream:
             alive).
         restartable: whether `make_iterator` may be called again once the
             stream ended (true for generator functions and re-iterables).
-        buffer_size: how many items the producer may run ahead.
+        buffer_size: how many items may be read ahead.
         name: producer thread name.
     """
 
@@ -40,48 +48,25 @@ class Stream:
         self.restartable = restartable
         self._buffer_size = buffer_size
         self._name = name
-        self._lock_key = locks.new_key("seqify-stream")
-        self._head = collections.deque()  # (index, item) ready to serve first
-        self._spill = collections.deque()  # messages a stopped producer still had
-        self._iterator = None
-        self._queue = None
+        self._lock_key = locks.new_key("seqify-stream")  # serializes consumers
+        self._state = _State(buffer_size)
+        self._head = collections.deque()  # (index, item) pushed back by consumers
         self._thread = None
-        self._stop = None
         self._ended = False
         self._next_index = 0
         self.produced = 0  # items taken from the iterator since it (re)started
 
-    # -- producer -------------------------------------------------------------
-    def _start_producer(self):
-        if self._iterator is None:
-            self._iterator = self._make_iterator()
+    def _ensure_iterator(self):
+        state = self._state
+        if state.iterator is None:
+            state.iterator = self._make_iterator()
+            state.done = False
             self.produced = 0
-        self._queue = queue.Queue(self._buffer_size)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=_produce, args=(self._iterator, self._queue, self._stop, self._spill),
-            name=self._name, daemon=True,
-        )
-        self._thread.start()
+        if self._thread is None or not self._thread.is_alive():
+            state.stop = False
+            self._thread = threading.Thread(target=_produce, args=(state,), name=self._name, daemon=True)
+            self._thread.start()
 
-    def _stop_producer(self):
-        thread, stop, buffered = self._thread, self._stop, self._queue
-        self._thread = self._queue = self._stop = None
-        if thread is None:
-            return
-        stop.set()
-        thread.join(timeout=1.0)
-        # Keep what it had buffered, in order, ahead of what it spilled on stop.
-        spilled = list(self._spill)
-        self._spill.clear()
-        while True:
-            try:
-                self._spill.append(buffered.get_nowait())
-            except queue.Empty:
-                break
-        self._spill.extend(spilled)
-
-    # -- consumer -------------------------------------------------------------
     def next(self):
         """Returns `(index, item)`; raises StreamEnd or the generator's error."""
         with locks.get_lock(self._lock_key):
@@ -89,19 +74,15 @@ class Stream:
                 return self._head.popleft()
             if self._ended:
                 raise StreamEnd()
-            if self._spill:
-                kind, value = self._spill.popleft()
-            else:
-                if self._thread is None:
-                    self._start_producer()
-                kind, value = self._queue.get()
+            self._ensure_iterator()
+            kind, value = self._state.take()
             if kind == _ITEM:
                 index = self._next_index
                 self._next_index += 1
                 self.produced += 1
                 return index, value
             self._stop_producer()
-            self._iterator = None
+            self._state.iterator = None
             self._ended = True
             if kind == _END:
                 raise StreamEnd()
@@ -118,9 +99,14 @@ class Stream:
             if not self.restartable:
                 raise RuntimeError("this stream cannot restart")
             self._stop_producer()
-            self._spill.clear()
-            self._iterator = None
+            self._state.reset()
             self._ended = False
+
+    def _stop_producer(self):
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._state.request_stop()
+            thread.join(timeout=1.0)
 
     def close(self) -> None:
         """Stops the producer thread; buffered items are kept for later."""
@@ -132,26 +118,79 @@ class Stream:
         return self._thread is not None and self._thread.is_alive()
 
 
-def _produce(iterator, out, stop, spill):
-    """Producer loop; a module function so the thread holds no Sequence."""
+class _State:
+    """What the producer thread and consumers share, guarded by one condition.
 
-    def put(message):
-        while not stop.is_set():
+    A module-level object (not the Stream) so that the producer thread keeps
+    no Sequence alive.
+    """
+
+    def __init__(self, buffer_size):
+        self.cv = threading.Condition(threading.Lock())
+        self.buffer = collections.deque()  # (kind, value) messages, in stream order
+        self.buffer_size = buffer_size
+        self.iterator = None
+        self.pulling = False  # someone is inside next(iterator)
+        self.consumers = 0  # consumers waiting in take()
+        self.done = False  # the iterator ended or raised
+        self.stop = False
+
+    def reset(self):
+        with self.cv:
+            self.buffer.clear()
+            self.iterator = None
+            self.done = False
+
+    def request_stop(self):
+        with self.cv:
+            self.stop = True
+            self.cv.notify_all()
+
+    def pull(self):
+        """One `next()` on the iterator, as a message (caller set `pulling`)."""
+        try:
+            return (_ITEM, next(self.iterator))
+        except StopIteration:
+            return (_END, None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            return (_ERROR, exc)
+
+    def finish_pull(self, message, keep):
+        with self.cv:
+            self.pulling = False
+            if message[0] != _ITEM:
+                self.done = True
+            if keep:
+                self.buffer.append(message)
+            self.cv.notify_all()
+
+    def take(self):
+        """The next message, waiting for the producer if none is buffered."""
+        with self.cv:
+            self.consumers += 1
             try:
-                out.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        # Stopped while holding an item: hand it over rather than drop it.
-        spill.append(message)
-        return False
+                while not self.buffer:
+                    self.cv.wait()
+                message = self.buffer.popleft()
+                self.cv.notify_all()  # room, and the hand-off is done
+                return message
+            finally:
+                self.consumers -= 1
 
-    try:
-        for item in iterator:
-            if not put((_ITEM, item)):
+
+def _produce(state):
+    """Producer loop; exits on stop or at the end of the iterator."""
+    while True:
+        with state.cv:
+            while not state.stop and not state.done and len(state.buffer) >= state.buffer_size:
+                state.cv.wait(0.1)
+            if state.stop or state.done:
                 return
-            if stop.is_set():
-                return
-        put((_END, None))
-    except BaseException as exc:  # handed to the consumer, raised there
-        put((_ERROR, exc))
+            state.pulling = True
+        # Even when stopped meanwhile, a pulled item is kept, never dropped.
+        state.finish_pull(state.pull(), keep=True)
+        with state.cv:
+            # A consumer is waiting for what we just handed over: let it run
+            # now instead of competing with it for the GIL.
+            while state.consumers and state.buffer and not state.stop:
+                state.cv.wait(0.1)
