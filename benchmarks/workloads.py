@@ -133,3 +133,23 @@ def consume(batch):
         if a.nbytes >= 65536 and a.flags.c_contiguous:
             total += int(a.reshape(-1).view(np.uint8)[::PAGE].sum())
     return total
+
+
+# -- ideal ceiling: the work split over bare workers, no pipeline at all ----------
+
+
+def run_chunk(args):
+    """Builds and consumes batches start..stop-1 of `fn` (for the ceiling runs)."""
+    fn, start, stop = args
+    for i in range(start, stop):
+        consume(fn(i))
+    return stop - start
+
+
+def run_transform_chunk(args):
+    """Generates and transforms `count` stream batches (for the ceiling runs)."""
+    count, = args
+    gen = legacy_generator()
+    for _ in range(count):
+        consume(heavy_transform(next(gen)))
+    return count
