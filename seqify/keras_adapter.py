@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 
+import numpy as np
 from keras.src.trainers.data_adapters import data_adapter_utils
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
@@ -73,7 +74,10 @@ class SequenceAdapter(DataAdapter):
         return batch
 
     def get_numpy_iterator(self):
-        return data_adapter_utils.get_numpy_iterator(self._batches())
+        # Not data_adapter_utils.get_numpy_iterator: its per-batch tree map
+        # costs more than the rest of seqify's path (and releases the GIL to
+        # any waiting thread); batches are almost always numpy already.
+        return (_as_numpy(batch) for batch in self._batches())
 
     def get_jax_iterator(self):
         return data_adapter_utils.get_jax_iterator(self._batches())
@@ -130,6 +134,24 @@ class SequenceAdapter(DataAdapter):
     @property
     def partial_batch_size(self):
         return None
+
+
+def _as_numpy(tree):
+    """Converts tensor leaves (tf, torch, jax) to numpy; ndarrays pass as is."""
+    kind = type(tree)
+    if kind is np.ndarray:
+        return tree
+    if kind is tuple:
+        return tuple(_as_numpy(leaf) for leaf in tree)
+    if kind is dict:
+        return {key: _as_numpy(leaf) for key, leaf in tree.items()}
+    if kind is list:
+        return [_as_numpy(leaf) for leaf in tree]
+    if tree is None or isinstance(tree, np.ndarray) or not hasattr(tree, "__array__"):
+        return tree
+    if data_adapter_utils.is_torch_tensor(tree):
+        tree = tree.cpu()
+    return np.asarray(tree)
 
 
 def output_signature(sequence, class_weight=None):

@@ -126,12 +126,12 @@ class Sequence(keras.utils.PyDataset):
 
     def _seqify_executor(self):
         runtime = self._seqify_runtime()
-        settings = (self.workers, self.use_multiprocessing, getattr(self, "_seqify_start_method", None))
+        settings = (self.workers, self.use_multiprocessing, getattr(self, "_seqify_start_method", None), self.max_queue_size)
         with runtime.lock:
             if runtime.executor is None or runtime.settings != settings:
                 if runtime.executor is not None:
                     runtime.executor.close()
-                runtime.executor = Executor(settings[0], settings[1], settings[2], name=type(self).__name__)
+                runtime.executor = Executor(*settings[:3], name=type(self).__name__, max_queue_size=settings[3])
                 runtime.settings = settings
             return runtime.executor
 

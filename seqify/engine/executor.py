@@ -12,14 +12,16 @@ import threading
 from seqify.engine import errors
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.process_pool import ProcessPool
+from seqify.engine.shm_transport import MAX_SLOTS
 from seqify.engine.thread_pool import ThreadPool
 
 
 class Executor:
     """Creates and owns the pool for `workers`/`use_multiprocessing`."""
 
-    def __init__(self, workers: int, use_multiprocessing: bool, start_method=None, name="seqify"):
+    def __init__(self, workers: int, use_multiprocessing: bool, start_method=None, name="seqify", max_queue_size=10):
         self.workers = workers
+        self.max_queue_size = max_queue_size
         self.use_multiprocessing = use_multiprocessing and workers > 0
         self.start_method = start_method
         self.name = name
@@ -35,7 +37,10 @@ class Executor:
                 if self.workers == 0:
                     pool = InlinePool(job)
                 elif self.use_multiprocessing:
-                    pool = ProcessPool(job, self.workers, self.start_method, self.name)
+                    # Recycled result slots per worker: what can be in flight to
+                    # it, plus the batch being consumed and one spare.
+                    slots = min(MAX_SLOTS, -(-max(self.max_queue_size, self.workers) // self.workers) + 2)
+                    pool = ProcessPool(job, self.workers, self.start_method, self.name, max_slots=slots)
                 else:
                     pool = ThreadPool(job, self.workers, self.name)
                 self._box["pool"] = pool

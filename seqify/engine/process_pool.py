@@ -66,7 +66,7 @@ def default_start_method() -> str:
     return method
 
 
-def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid, inherited=()):
+def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid, inherited=(), max_slots=shm_transport.MAX_SLOTS):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Under fork we inherit the main side of our own pipe (and of earlier
     # workers' pipes). Holding them would keep those pipes open after the
@@ -83,7 +83,7 @@ def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid,
         conn.send((None, False, errors.pack_exception(exc)))
         return
     del job_bytes
-    encoder = shm_transport.Encoder(f"{shm_prefix}w{worker_id}-", max_slots=shm_transport.MAX_SLOTS)
+    encoder = shm_transport.Encoder(f"{shm_prefix}w{worker_id}-", max_slots=max_slots)
     try:
         _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid)
     except (EOFError, OSError):
@@ -216,12 +216,14 @@ class ProcessPool:
         start_method: "fork", "spawn", "forkserver" or None for the
             platform default.
         name: process name prefix.
+        max_slots: recycled shared-memory result slots per worker.
     """
 
     use_multiprocessing = True
 
-    def __init__(self, job, num_workers: int, start_method=None, name: str = "seqify"):
+    def __init__(self, job, num_workers: int, start_method=None, name: str = "seqify", max_slots=shm_transport.MAX_SLOTS):
         self.num_workers = num_workers
+        self.max_slots = max_slots
         self.start_method = start_method
         self._name = name
         self._job_bytes = cloudpickle.dumps(job)
@@ -248,7 +250,7 @@ class ProcessPool:
                 inherited = [w.conn for w in workers] + [parent_conn] if forking else []
                 process = context.Process(
                     target=_worker_main,
-                    args=(child_conn, self._job_bytes, worker_id, self.num_workers, self.shm_prefix, os.getpid(), inherited),
+                    args=(child_conn, self._job_bytes, worker_id, self.num_workers, self.shm_prefix, os.getpid(), inherited, self.max_slots),
                     name=f"{self._name}-worker-{worker_id}",
                     daemon=True,
                 )
