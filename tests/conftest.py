@@ -12,6 +12,18 @@ import numpy as np
 import pytest
 
 
+# Worker settings and fit() shuffle settings every adapter is trained under.
+WORKER_SETTINGS = [
+    pytest.param(workers, use_mp, id=f"{'processes' if use_mp else 'threads'}-{workers}")
+    for use_mp in (False, True)
+    for workers in (1, 2, 4)
+]
+FIT_SHUFFLE = [
+    pytest.param({}, id="fit-defaults"),  # fit's shuffle=True default
+    pytest.param({"shuffle": False}, id="fit-shuffle-False"),
+]
+
+
 def make_batch(i, batch_size=4, features=3):
     """Batch `i` carries its own id in every x value; y is zeros."""
     x = np.full((batch_size, features), i, dtype="float32")

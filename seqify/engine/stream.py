@@ -8,14 +8,15 @@ push their unconsumed items back to the front, and `close()` keeps whatever
 was buffered, so no item is ever lost: a closed stream resumes where its
 consumer stopped.
 
-One dedicated producer thread runs the generator (generators holding
-thread-bound resources, such as a sqlite connection, keep working). It reads
-ahead while the consumer is busy elsewhere (e.g. the model trains, releasing
-the GIL). When the generator is the bottleneck, a naive producer thread
-costs a GIL convoy: having handed over an item it runs straight on into the
-next `next()` while the woken consumer waits for the interpreter's switch
-interval. So after a hand-off to a *waiting* consumer the producer blocks
-until that consumer has taken the item.
+Who calls `next()`: a background producer thread reads ahead while no
+consumer is asking (e.g. while the model trains, releasing the GIL); a
+consumer that finds the buffer empty and nobody pulling pulls the next item
+itself. Measured (benchmarks/RESULTS.md), a pure producer thread costs 6-14%
+when the generator is the bottleneck, from GIL hand-offs between the two
+threads; pulling on the consumer's thread costs nothing. The price: the
+generator is resumed from more than one thread (never two at once), so a
+generator holding a thread-bound resource (a sqlite3 connection with
+check_same_thread) must open it without that check.
 """
 
 import collections
@@ -31,7 +32,7 @@ class StreamEnd(Exception):
 
 
 class Stream:
-    """Runs an iterator on one producer thread into a bounded buffer.
+    """Pulls from an iterator on demand, reading ahead on a helper thread.
 
     Args:
         make_iterator: returns a fresh iterator over the stream. It must not
@@ -165,32 +166,38 @@ class _State:
             self.cv.notify_all()
 
     def take(self):
-        """The next message, waiting for the producer if none is buffered."""
+        """The next message: buffered, or pulled right here if nobody is pulling."""
         with self.cv:
             self.consumers += 1
             try:
-                while not self.buffer:
-                    self.cv.wait()
-                message = self.buffer.popleft()
-                self.cv.notify_all()  # room, and the hand-off is done
-                return message
+                while True:
+                    if self.buffer:
+                        message = self.buffer.popleft()
+                        self.cv.notify_all()  # room for the producer
+                        return message
+                    if not self.pulling and not self.done:
+                        self.pulling = True
+                        break
+                    self.cv.wait()  # the producer is mid-pull: its item is next
             finally:
                 self.consumers -= 1
+        message = self.pull()
+        self.finish_pull(message, keep=False)
+        return message
 
 
 def _produce(state):
-    """Producer loop; exits on stop or at the end of the iterator."""
+    """Reads ahead while no consumer is asking; exits on stop or end."""
     while True:
         with state.cv:
-            while not state.stop and not state.done and len(state.buffer) >= state.buffer_size:
+            while not state.stop and (
+                state.done or state.pulling or state.consumers or len(state.buffer) >= state.buffer_size
+            ):
+                if state.done:
+                    return
                 state.cv.wait(0.1)
-            if state.stop or state.done:
+            if state.stop:
                 return
             state.pulling = True
         # Even when stopped meanwhile, a pulled item is kept, never dropped.
         state.finish_pull(state.pull(), keep=True)
-        with state.cv:
-            # A consumer is waiting for what we just handed over: let it run
-            # now instead of competing with it for the GIL.
-            while state.consumers and state.buffer and not state.stop:
-                state.cv.wait(0.1)

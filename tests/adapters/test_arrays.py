@@ -4,20 +4,10 @@ import numpy as np
 import pytest
 
 import seqify
-from conftest import RecordingModel, assert_no_warnings
+from conftest import WORKER_SETTINGS, FIT_SHUFFLE, RecordingModel, assert_no_warnings
 
 N = 10  # samples; with batch_size=4 -> batches of 4, 4 and 2
 FEATURES = 3
-
-WORKER_SETTINGS = [
-    pytest.param(workers, use_mp, id=f"{'processes' if use_mp else 'threads'}-{workers}")
-    for use_mp in (False, True)
-    for workers in (1, 2, 4)
-]
-FIT_SHUFFLE = [
-    pytest.param({}, id="fit-defaults"),  # fit's shuffle=True default
-    pytest.param({"shuffle": False}, id="fit-shuffle-False"),
-]
 
 
 class SampleRecorder(RecordingModel):

@@ -8,17 +8,7 @@ import numpy as np
 import pytest
 
 import seqify
-from conftest import assert_no_warnings, make_batch, recording_model, split_epochs
-
-WORKER_SETTINGS = [
-    pytest.param(workers, use_mp, id=f"{'processes' if use_mp else 'threads'}-{workers}")
-    for use_mp in (False, True)
-    for workers in (1, 2, 4)
-]
-FIT_SHUFFLE = [
-    pytest.param({}, id="fit-defaults"),  # fit's shuffle=True default
-    pytest.param({"shuffle": False}, id="fit-shuffle-False"),
-]
+from conftest import WORKER_SETTINGS, FIT_SHUFFLE, assert_no_warnings, make_batch, recording_model, split_epochs
 
 
 def first_ids(batches):
