@@ -9,6 +9,7 @@ import cloudpickle
 import keras
 import numpy as np
 
+from seqify._validation import is_int
 from seqify.engine.executor import Executor
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.job import FETCH, Job
@@ -18,11 +19,11 @@ _START_METHODS = (None, "fork", "spawn", "forkserver")
 
 def validate_worker_args(workers, use_multiprocessing, max_queue_size, start_method=None):
     """Raises ValueError/TypeError naming the bad argument and the fix."""
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+    if not is_int(workers) or workers < 0:
         raise ValueError(f"`workers` must be an int >= 0 (0 builds batches on the calling thread); got {workers!r}.")
     if not isinstance(use_multiprocessing, (bool, np.bool_)):
         raise TypeError(f"`use_multiprocessing` must be True or False; got {use_multiprocessing!r}.")
-    if isinstance(max_queue_size, bool) or not isinstance(max_queue_size, (int, np.integer)) or max_queue_size < 1:
+    if not is_int(max_queue_size) or max_queue_size < 1:
         raise ValueError(f"`max_queue_size` must be an int >= 1 (batches in flight); got {max_queue_size!r}.")
     if start_method not in _START_METHODS:
         raise ValueError(f"`start_method` must be one of {_START_METHODS}; got {start_method!r}.")

@@ -7,6 +7,7 @@ import numpy as np
 from seqify.adapters.batch_fn import BatchFnSequence
 from seqify.engine.worker_info import worker_info
 from seqify.sequence import num_batches_for
+from seqify._validation import is_int
 
 
 def _map(fn, tree):
@@ -97,7 +98,7 @@ def from_arrays(
     model.fit(ds, epochs=5)
     ```
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an int >= 1; got {batch_size!r}.")
     parts = [("x", x), ("y", y), ("sample_weight", sample_weight)]
     parts = [(name, _map(np.asarray, value)) for name, value in parts if value is not None]

@@ -8,6 +8,7 @@ from seqify._pickling import check_picklable
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.job import FETCH, Job
 from seqify.sequence import Sequence, validate_worker_args
+from seqify._validation import is_int
 
 
 class BatchFnSequence(Sequence):
@@ -19,7 +20,7 @@ class BatchFnSequence(Sequence):
                 f"`fn` must be a callable `fn(i) -> batch`; got {type(fn).__name__} ({fn!r:.60}). "
                 "For a generator use seqify.from_generator; for arrays, seqify.from_arrays."
             )
-        if isinstance(num_batches, bool) or not isinstance(num_batches, (int, np.integer)) or num_batches < 1:
+        if not is_int(num_batches) or num_batches < 1:
             raise ValueError(f"`num_batches` must be an int >= 1 (the number of batches per epoch); got {num_batches!r}.")
         if not isinstance(shuffle, (bool, np.bool_)):
             raise TypeError(f"`shuffle` must be True or False; got {shuffle!r}.")
@@ -62,9 +63,9 @@ class BatchFnSequence(Sequence):
             ValueError: `num_shards` < 1, more shards than batches, or
                 `index` outside `0..num_shards-1`.
         """
-        if isinstance(num_shards, bool) or not isinstance(num_shards, (int, np.integer)) or not 1 <= num_shards <= self._num:
+        if not is_int(num_shards) or not 1 <= num_shards <= self._num:
             raise ValueError(f"`num_shards` must be an int in 1..{self._num} (the number of batches); got {num_shards!r}.")
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < num_shards:
+        if not is_int(index) or not 0 <= index < num_shards:
             raise ValueError(f"`index` must be an int in 0..{num_shards - 1}; got {index!r}.")
         shard = BatchFnSequence(
             _ShardFn(self._fn, int(num_shards), int(index)), len(range(index, self._num, num_shards)),

@@ -16,6 +16,7 @@ from seqify.engine.job import SHARD, TRANSFORM, Job
 from seqify.engine.pipeline import discard_all, ordered
 from seqify.engine.stream import Stream, StreamEnd
 from seqify.sequence import Sequence, validate_worker_args
+from seqify._validation import is_int
 
 
 class GeneratorSequence(Sequence):
@@ -53,7 +54,7 @@ class GeneratorSequence(Sequence):
         if sharded and steps_per_epoch is None:
             raise ValueError("sharded=True needs `steps_per_epoch` (batches per epoch, all shards together).")
         if steps_per_epoch is not None:
-            if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, (int, np.integer)) or steps_per_epoch < 1:
+            if not is_int(steps_per_epoch) or steps_per_epoch < 1:
                 raise ValueError(f"`steps_per_epoch` must be an int >= 1 (batches per epoch); got {steps_per_epoch!r}.")
             num = int(steps_per_epoch)
         else:
@@ -72,7 +73,7 @@ class GeneratorSequence(Sequence):
             raise TypeError(f"`transform` must be a callable `transform(batch) -> batch` or None; got {type(transform).__name__}.")
         if buffer_size is None:
             buffer_size = max_queue_size
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, (int, np.integer)) or buffer_size < 1:
+        if not is_int(buffer_size) or buffer_size < 1:
             raise ValueError(f"`buffer_size` must be an int >= 1 (batches the producer may run ahead); got {buffer_size!r}.")
         if transform is not None and use_multiprocessing and workers > 0:
             check_picklable(transform, "transform")
@@ -114,9 +115,9 @@ class GeneratorSequence(Sequence):
                 "from_generator(gen, sharded=True, ...) with a generator that reads "
                 "seqify.worker_info().shard_index / .num_shards."
             )
-        if isinstance(num_shards, bool) or not isinstance(num_shards, (int, np.integer)) or num_shards < 1:
+        if not is_int(num_shards) or num_shards < 1:
             raise ValueError(f"`num_shards` must be an int >= 1; got {num_shards!r}.")
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < num_shards:
+        if not is_int(index) or not 0 <= index < num_shards:
             raise ValueError(f"`index` must be an int in 0..{num_shards - 1}; got {index!r}.")
         if self._num % num_shards:
             raise ValueError(
