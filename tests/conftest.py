@@ -11,6 +11,8 @@ import keras
 import numpy as np
 import pytest
 
+import seqify
+
 
 # Worker settings and fit() shuffle settings every adapter is trained under.
 WORKER_SETTINGS = [
@@ -28,6 +30,20 @@ def make_batch(i, batch_size=4, features=3):
     """Batch `i` carries its own id in every x value; y is zeros."""
     x = np.full((batch_size, features), i, dtype="float32")
     return x, np.zeros((batch_size, 1), dtype="float32")
+
+
+class Plain(seqify.Sequence):
+    """A user's seqify.Sequence subclass with no hooks: batch i has id i."""
+
+    def __init__(self, n, **kwargs):
+        super().__init__(**kwargs)
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return make_batch(index)
 
 
 def batch_ids(batches):

@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 import seqify
-from conftest import assert_no_warnings, make_batch, recording_model, split_epochs
+from conftest import assert_no_warnings, make_batch, recording_model, split_epochs, Plain
 
 
 def load_sample_that_fails(i):
@@ -54,18 +54,6 @@ def counting_stream(start=0):
 
 def identity(batch):
     return batch
-
-
-class Plain(seqify.Sequence):
-    def __init__(self, n, **kwargs):
-        super().__init__(**kwargs)
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        return make_batch(index)
 
 
 def _arrays(n=8, **kwargs):

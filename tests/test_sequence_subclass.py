@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import seqify
-from conftest import assert_no_warnings, make_batch, split_epochs
+from conftest import assert_no_warnings, make_batch, split_epochs, Plain
 
 SETTINGS = [
     pytest.param(0, False, id="inline"),
@@ -12,20 +12,6 @@ SETTINGS = [
     pytest.param(1, True, id="processes-1"),
     pytest.param(2, True, id="processes-2"),
 ]
-
-
-class Plain(seqify.Sequence):
-    """No hooks: batch i has id i."""
-
-    def __init__(self, n, **kwargs):
-        super().__init__(**kwargs)
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        return make_batch(index)
 
 
 class ShiftingOffset(seqify.Sequence):
