@@ -114,10 +114,6 @@ class Stream:
         with locks.get_lock(self._lock_key):
             self._stop_producer()
 
-    @property
-    def producer_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
 
 class _State:
     """What the producer thread and consumers share, guarded by one condition.
