@@ -7,8 +7,8 @@ import keras
 import seqify
 
 
-class KerasBatchFnDataset(keras.utils.PyDataset):
-    """Keras's own PyDataset calling a batch function: the baseline."""
+class _BatchFn:
+    """Batch `i` is `fn(i)`; mixed into a Keras and a seqify dataset class."""
 
     def __init__(self, fn, num_batches, **kwargs):
         super().__init__(**kwargs)
@@ -20,6 +20,10 @@ class KerasBatchFnDataset(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         return self.fn(index)
+
+
+class KerasBatchFnDataset(_BatchFn, keras.utils.PyDataset):
+    """Keras's own PyDataset calling a batch function: the baseline."""
 
 
 class KerasGeneratorDataset(keras.utils.PyDataset):
@@ -49,23 +53,12 @@ class KerasGeneratorDataset(keras.utils.PyDataset):
         return batch
 
 
-class HookedStateSequence(seqify.Sequence):
+class HookedStateSequence(_BatchFn, seqify.Sequence):
     """A seqify.Sequence holding big state and overriding `on_epoch_end`.
 
     Overriding an epoch hook makes seqify re-ship the object to its process
     workers every epoch (the hook may have changed state they hold a copy of).
     """
-
-    def __init__(self, fn, num_batches, **kwargs):
-        super().__init__(**kwargs)
-        self.fn = fn
-        self.n = num_batches
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        return self.fn(index)
 
     def on_epoch_end(self):
         pass
