@@ -13,6 +13,7 @@ from seqify._validation import is_int
 from seqify.engine.executor import Executor
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.job import FETCH, Job
+from seqify.engine.messages import Task
 
 _START_METHODS = (None, "fork", "spawn", "forkserver")
 
@@ -170,7 +171,7 @@ class Sequence(keras.utils.PyDataset):
             # Epoch hooks may have changed state that process workers hold a
             # copy of; re-ship it. Objects without hooks never pay for this.
             pool.update(self._seqify_make_job())
-        tasks = ((FETCH, epoch, int(i), None) for i in self._seqify_order(epoch, n))
+        tasks = (Task(FETCH, epoch, int(i)) for i in self._seqify_order(epoch, n))
         window = max(int(self.max_queue_size), executor.workers, 1)
         return executor.run(self._seqify_make_job, tasks, window)
 
@@ -178,7 +179,7 @@ class Sequence(keras.utils.PyDataset):
         """A few batches to infer a tf.data signature, consuming nothing."""
         n = self._seqify_num_batches()
         pool = InlinePool(self._seqify_make_job())
-        return [pool.submit(FETCH, 0, i).result() for i in sorted({0, n - 1})]
+        return [pool.submit(Task(FETCH, 0, i)).result() for i in sorted({0, n - 1})]
 
     def to_tf_dataset(self, output_signature=None):
         """Returns a `tf.data.Dataset` over this object, one pass per iteration.

@@ -7,6 +7,7 @@ import numpy as np
 from seqify._pickling import check_picklable
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.job import FETCH, Job
+from seqify.engine.messages import Task
 from seqify.sequence import Sequence, validate_worker_args
 from seqify._validation import is_int
 
@@ -78,7 +79,7 @@ class BatchFnSequence(Sequence):
 
     def __getitem__(self, index):
         index = _check_index(index, self._num)
-        return InlinePool(self._seqify_make_job()).submit(FETCH, 0, index).result()
+        return InlinePool(self._seqify_make_job()).submit(Task(FETCH, 0, index)).result()
 
 
 class _ShardFn:

@@ -13,6 +13,7 @@ from seqify.engine.batches import standardize_batch
 from seqify.engine.errors import StreamExhaustedError
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.job import SHARD, TRANSFORM, Job
+from seqify.engine.messages import Task
 from seqify.engine.pipeline import discard_all, ordered
 from seqify.engine.stream import Stream, StreamEnd
 from seqify.sequence import Sequence, validate_worker_args
@@ -196,7 +197,7 @@ class GeneratorSequence(Sequence):
             index = state.take_index()
             # Stream item g always comes from shard g % shards: the
             # interleaving is fixed by construction, not by timing.
-            yield SHARD, epoch, index, None, index % shards
+            yield Task(SHARD, epoch, index, worker=index % shards)
 
     def _iter_sharded_pass(self):
         runtime = self._seqify_runtime()
@@ -238,7 +239,7 @@ class GeneratorSequence(Sequence):
         def tasks():
             for position in range(self._num):
                 index, raw = self._next_raw(stream, position, epoch)
-                yield TRANSFORM, epoch, index, raw
+                yield Task(TRANSFORM, epoch, index, raw)
 
         if self._transform is None:
             return self._iter_untransformed(stream, epoch)
@@ -267,12 +268,12 @@ class GeneratorSequence(Sequence):
                 executor = self._seqify_executor()
                 shards = max(executor.workers, 1)
                 task = next(self._sharded_tasks(0, 1, state, shards))
-                state.head.append((task[2], executor.pool(self._seqify_make_job).submit(*task).result()))
+                state.head.append((task.index, executor.pool(self._seqify_make_job).submit(task).result()))
             return [state.head[0][1]]
         stream = self._stream()
         first = self._next_raw(stream, 0, 0)
         try:
-            return [InlinePool(self._seqify_make_job()).submit(TRANSFORM, 0, first[0], first[1]).result()]
+            return [InlinePool(self._seqify_make_job()).submit(Task(TRANSFORM, 0, first[0], first[1])).result()]
         finally:
             stream.push_front([first])
 
@@ -287,7 +288,7 @@ class GeneratorSequence(Sequence):
         position = int(index) % self._num
         stream = self._stream()
         item_index, raw = self._next_raw(stream, position, self._seqify_runtime().epoch + 1)
-        return InlinePool(self._seqify_make_job()).submit(TRANSFORM, 0, item_index, raw).result()
+        return InlinePool(self._seqify_make_job()).submit(Task(TRANSFORM, 0, item_index, raw)).result()
 
 
 def _make_iterator(kind, source, args, kwargs):

@@ -25,10 +25,10 @@ class InlinePool:
     def __init__(self, job):
         self.job = job
 
-    def submit(self, kind, epoch, index, payload=None, worker=None) -> _Lazy:
-        if worker is None:
-            return _Lazy(lambda: self.job.run(kind, epoch, index, payload))
-        return _Lazy(lambda: self.job.run(kind, epoch, index, payload, worker, 1))
+    def submit(self, task) -> _Lazy:
+        if task.worker is None:
+            return _Lazy(lambda: self.job.run(task))
+        return _Lazy(lambda: self.job.run(task, task.worker, 1))
 
     def update(self, job) -> None:
         self.job = job

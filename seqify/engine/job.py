@@ -9,9 +9,11 @@ from seqify.engine import errors
 from seqify.engine.batches import standardize_batch
 from seqify.engine.worker_info import WorkerInfo, set_current
 
-FETCH = "fetch"
-TRANSFORM = "transform"
-SHARD = "shard"
+from seqify.engine.messages import Task, TaskKind
+
+FETCH = TaskKind.FETCH
+TRANSFORM = TaskKind.TRANSFORM
+SHARD = TaskKind.SHARD
 
 
 class Job:
@@ -50,7 +52,8 @@ class Job:
                 "share of `steps_per_epoch` every epoch (loop with `while True:`)."
             ) from None
 
-    def run(self, kind, epoch, index, payload, worker_id=-1, num_workers=0, use_multiprocessing=False):
+    def run(self, task: Task, worker_id=-1, num_workers=0, use_multiprocessing=False):
+        kind, epoch, index, payload = task.kind, task.epoch, task.index, task.payload
         if self.shard_source is not None:
             # Global stream shard: local worker within this training worker.
             local = max(num_workers, 1)
@@ -58,7 +61,7 @@ class Job:
             num_shards = self.training_shard[1] * local
         else:
             shard_index, num_shards = 0, 1
-        info = WorkerInfo(worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards)
+        info = WorkerInfo(worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards, task.shuffled)
         previous = set_current(info)
         try:
             if kind == FETCH:
@@ -80,7 +83,7 @@ class Job:
 
 
 def describe(kind, epoch, index, worker_id, use_multiprocessing) -> str:
-    what = {FETCH: "building batch", TRANSFORM: "transforming stream batch", SHARD: "reading stream batch"}[kind]
+    what = kind.describe()
     if worker_id < 0:
         where = "on the calling thread"
     else:

@@ -21,8 +21,7 @@ def ordered(pool, tasks, window, on_abandon=None):
 
     Args:
         pool: a thread, process or inline pool.
-        tasks: iterable of `(kind, epoch, index, payload)` or
-            `(kind, epoch, index, payload, worker)` (a pinned worker).
+        tasks: iterable of `seqify.engine.messages.Task`.
         window: maximum number of tasks in flight (>= 1).
         on_abandon: called with the unconsumed `(index, payload, handle)`
             triples, in order, if the iteration ends early; it owns the
@@ -47,7 +46,7 @@ def ordered(pool, tasks, window, on_abandon=None):
                     deferred = exc
                     exhausted = True
                     break
-                pending.append((task[2], task[3], pool.submit(*task)))
+                pending.append((task.index, task.payload, pool.submit(task)))
             if not pending:
                 finished = True
                 if deferred is not None:

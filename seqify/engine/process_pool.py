@@ -16,6 +16,7 @@ Design (see docs/design.md):
 """
 
 import collections
+import dataclasses
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -32,7 +33,6 @@ import cloudpickle
 from seqify.engine import errors, shm_transport
 from seqify.engine.job import describe
 
-_UPDATE = "update"
 _POLL_SECONDS = 1.0
 
 
@@ -102,15 +102,16 @@ def _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid):
         message = conn.recv()
         if message is None:
             return
-        task_id, kind, epoch, index, payload, released = message
+        task_id, task, released = message
         encoder.release(released)  # slots whose arrays the main process dropped
-        if kind == _UPDATE:
-            job = cloudpickle.loads(payload)
+        if task_id is None:  # a new version of the job
+            job = cloudpickle.loads(task)
             continue
+        index = task.index
         try:
-            if payload is not None:
-                payload = shm_transport.decode(payload)
-            reply = (task_id, True, encoder.encode(job.run(kind, epoch, index, payload, worker_id, num_workers, True)))
+            if task.payload is not None:
+                task = dataclasses.replace(task, payload=shm_transport.decode(task.payload))
+            reply = (task_id, True, encoder.encode(job.run(task, worker_id, num_workers, True)))
         except BaseException as exc:
             reply = (task_id, False, errors.pack_exception(exc))
         try:
@@ -280,7 +281,7 @@ class ProcessPool:
             self._job_bytes = cloudpickle.dumps(job)
             if self._workers is not None:
                 for worker in self._workers:
-                    self._send(worker, (None, _UPDATE, 0, 0, self._job_bytes, worker.take_released()))
+                    self._send(worker, (None, self._job_bytes, worker.take_released()))
 
     def close(self) -> None:
         """Stops the workers and frees every shared-memory segment. Idempotent."""
@@ -326,8 +327,9 @@ class ProcessPool:
             shm_transport.sweep(self.shm_prefix)
 
     # -- tasks ------------------------------------------------------------
-    def submit(self, kind, epoch, index, payload=None, worker=None) -> _Handle:
-        """Sends one task; `worker` pins it to one worker (tasks then run in order)."""
+    def submit(self, task) -> _Handle:
+        """Sends one task; `task.worker` pins it to one worker (tasks then run in order)."""
+        kind, epoch, index, payload, worker = task.kind, task.epoch, task.index, task.payload, task.worker
         with self._lock:
             if self._workers is None:
                 self._start()
@@ -343,7 +345,7 @@ class ProcessPool:
                 if self._sender is None:
                     self._sender = _Sender()
             try:
-                self._send(worker, (task_id, kind, epoch, index, payload, worker.take_released()))
+                self._send(worker, (task_id, task if payload is None else dataclasses.replace(task, payload=payload), worker.take_released()))
             except OSError:
                 self._check_alive()
                 raise

@@ -48,19 +48,19 @@ class ThreadPool:
     def _init_thread(self, worker_id=None):
         self._local.worker_id = next(self._ids) if worker_id is None else worker_id
 
-    def _run(self, kind, epoch, index, payload):
-        return self.job.run(kind, epoch, index, payload, self._local.worker_id, self.num_workers, False)
+    def _run(self, task):
+        return self.job.run(task, self._local.worker_id, self.num_workers, False)
 
-    def submit(self, kind, epoch, index, payload=None, worker=None) -> _Handle:
-        """Runs one task; `worker` pins it to one worker (tasks then run in order)."""
-        if worker is not None:
-            return _Handle(self._pinned_executor(worker).submit(self._run, kind, epoch, index, payload))
+    def submit(self, task) -> _Handle:
+        """Runs one task; `task.worker` pins it to one worker (tasks then run in order)."""
+        if task.worker is not None:
+            return _Handle(self._pinned_executor(task.worker).submit(self._run, task))
         if self._executor is None:
             self._ids = itertools.count()
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self.num_workers, thread_name_prefix=self._name, initializer=self._init_thread
             )
-        return _Handle(self._executor.submit(self._run, kind, epoch, index, payload))
+        return _Handle(self._executor.submit(self._run, task))
 
     def _pinned_executor(self, worker):
         # One single-thread executor per pinned worker: its tasks (e.g. the

@@ -35,6 +35,8 @@ class WorkerInfo:
             the shard this worker's generator must read: unique across the
             workers of every training worker (`obj.shard(n, k)`).
         num_shards: total number of stream shards (all training workers).
+        shuffled: whether this pass visits batches (or samples) in a
+            shuffled order.
     """
 
     worker_id: int
@@ -45,6 +47,7 @@ class WorkerInfo:
     use_multiprocessing: bool = False
     shard_index: int = 0
     num_shards: int = 1
+    shuffled: bool = False
 
     def rng(self) -> np.random.Generator:
         """A generator seeded by (seed, epoch, index) only.
