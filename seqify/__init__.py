@@ -17,6 +17,10 @@ processes, which only import `seqify.engine`, never pay for TensorFlow.
 
 import importlib
 
+# Eager, and before anything imports the module of the same name: importing
+# a submodule binds its name on the package, which would hide the decorator.
+from seqify.threadsafe import threadsafe  # noqa: E402  (no Keras inside)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -38,7 +42,6 @@ _LAZY = {
     "from_batch_fn": ("seqify.adapters.batch_fn", "from_batch_fn"),
     "from_arrays": ("seqify.adapters.arrays", "from_arrays"),
     "from_generator": ("seqify.adapters.generator", "from_generator"),
-    "threadsafe": ("seqify.threadsafe", "threadsafe"),
     "locks": ("seqify.locks", None),
     "worker_info": ("seqify.engine.worker_info", "worker_info"),
     "WorkerInfo": ("seqify.engine.worker_info", "WorkerInfo"),

@@ -1,51 +1,58 @@
-"""How Keras 3's `fit`/`evaluate`/`predict` consume a seqify Sequence.
+"""How Keras 3's `fit`/`evaluate`/`predict` consume a seqify object.
 
-Keras picks a data adapter per call in
-`keras.src.trainers.data_adapters.get_data_adapter`. For a PyDataset it builds
-a `PyDatasetAdapter`, which would run Keras's own enqueuer (a pool re-created
-every epoch, batches pickled through pipes) and shuffle batch indices with
-Python's global `random`. seqify wraps that one function so that a seqify
-Sequence gets a `SequenceAdapter` instead; every other input goes to Keras
-unchanged. The adapter:
-- iterates seqify's engine (persistent pool, shared memory, ordered);
+`seqify.keras_internals` diverts seqify objects (and `seqify.threadsafe`
+iterators) from Keras's `get_data_adapter` to a `SequenceAdapter`, one per
+fit/evaluate/predict call. It:
+- runs each pass on seqify's engine (`Sequence.iter_epoch`), shuffled when
+  `fit(shuffle=...)` asks and the object leaves the choice to fit;
 - applies `class_weight` exactly as Keras's PyDatasetAdapter does;
-- calls the Sequence's `on_epoch_begin`/`on_epoch_end` once per epoch;
-- infers the tf.data signature without consuming a batch.
+- calls the object's `on_epoch_begin`/`on_epoch_end` once per epoch, never
+  for Keras's model-building pull (answered with a sample batch, so no
+  stream batch is lost);
+- infers the tf.data signature from the first batches without consuming any.
 See docs/design.md ("How fit drives a seqify object").
 """
 
-import functools
-import os
-import sys
-import threading
-
 import numpy as np
-from keras.src.trainers.data_adapters import data_adapter_utils
-from keras.src.trainers.data_adapters.data_adapter import DataAdapter
+
+from seqify import keras_internals as ki
+from seqify.threadsafe import ThreadSafeIterator
 
 _sequence_class = None
 
 
-class SequenceAdapter(DataAdapter):
-    """Keras DataAdapter over a seqify Sequence, one per fit/evaluate/predict call."""
+class SequenceAdapter(ki.DataAdapter):
+    """Keras DataAdapter over a seqify Sequence.
 
-    def __init__(self, sequence, class_weight=None):
+    Args:
+        sequence: the seqify object.
+        class_weight: `fit`'s class_weight, or None.
+        shuffle: `fit`'s shuffle (the object's own `shuffle` wins if set).
+        natural: always the natural order (for predict).
+    """
+
+    def __init__(self, sequence, class_weight=None, shuffle=False, natural=False):
         self.sequence = sequence
         self.class_weight = class_weight
+        self.shuffle = shuffle
+        self.natural = natural
         self._within_epoch = False
         self._begin_pending = False
         self._begun = False
 
     def _batches(self):
         """One pass of the engine, weighted; a generator started lazily."""
-        if _building_model():
+        if ki.building_model(_OWN_CODES):
             # Keras pulls one batch only to build the model's shapes, then
-            # drops the iterator: give it a peeked batch so no stream batch is
+            # drops the iterator: give it a sample so no stream batch is
             # lost and no epoch (or epoch hook) is spent on it.
-            yield self._weigh(self.sequence._seqify_peek()[0])
+            yield self._weigh(self.sequence._runner.sample_batches(1)[0])
             return
         self._deliver_epoch_begin()
-        batches = self.sequence._seqify_iter_pass()
+        if self.natural:
+            batches = self.sequence._runner.iter_epoch(False, force=True)
+        else:
+            batches = self.sequence.iter_epoch(shuffle=self.shuffle)
         try:
             for batch in batches:
                 if self._begin_pending:  # a pass that spans Keras epochs
@@ -69,28 +76,37 @@ class SequenceAdapter(DataAdapter):
         if len(batch) == 3:
             raise ValueError("You cannot specify `class_weight` and `sample_weight` at the same time.")
         if len(batch) == 2:
-            sw = data_adapter_utils.class_weight_to_sample_weights(batch[1], self.class_weight)
+            sw = ki.class_weight_to_sample_weights(batch[1], self.class_weight)
             batch = batch + (sw,)
         return batch
 
+    def _numpy_batches(self):
+        # Not Keras's get_numpy_iterator: its per-batch tree map costs more
+        # than the rest of seqify's path; batches are almost always numpy.
+        for batch in self._batches():
+            yield _as_numpy(batch)
+
     def get_numpy_iterator(self):
-        # Not data_adapter_utils.get_numpy_iterator: its per-batch tree map
-        # costs more than the rest of seqify's path (and releases the GIL to
-        # any waiting thread); batches are almost always numpy already.
-        return (_as_numpy(batch) for batch in self._batches())
+        return self._numpy_batches()
 
     def get_jax_iterator(self):
-        return data_adapter_utils.get_jax_iterator(self._batches())
+        return ki.get_jax_iterator(self._batches())
 
     def get_torch_dataloader(self):
-        return data_adapter_utils.get_torch_dataloader(self._batches())
+        return ki.get_torch_dataloader(self._batches())
+
+    def _tf_batches(self, check):
+        for batch in self._batches():
+            check(batch)
+            yield batch
 
     def get_tf_dataset(self, signature=None):
         from keras.src.utils.module_utils import tensorflow as tf
 
         if signature is None:
             signature = output_signature(self.sequence, self.class_weight)
-        ds = tf.data.Dataset.from_generator(self._batches, output_signature=signature)
+        check = _SignatureCheck(signature, type(self.sequence).__name__)
+        ds = tf.data.Dataset.from_generator(lambda: self._tf_batches(check), output_signature=signature)
         # seqify's engine already runs ahead in parallel; tf.data's own
         # autotuned threads would only compete with it for the cores. No
         # tf.data prefetch either: batches it pre-pulled would be dropped
@@ -121,7 +137,7 @@ class SequenceAdapter(DataAdapter):
 
     @property
     def num_batches(self):
-        return self.sequence._seqify_num_batches()
+        return self.sequence._runner.source.num_batches()
 
     @property
     def batch_size(self):
@@ -134,6 +150,13 @@ class SequenceAdapter(DataAdapter):
     @property
     def partial_batch_size(self):
         return None
+
+
+_OWN_CODES = (
+    SequenceAdapter._batches.__code__,
+    SequenceAdapter._numpy_batches.__code__,
+    SequenceAdapter._tf_batches.__code__,
+)
 
 
 def _as_numpy(tree):
@@ -149,24 +172,34 @@ def _as_numpy(tree):
         return [_as_numpy(leaf) for leaf in tree]
     if tree is None or isinstance(tree, np.ndarray) or not hasattr(tree, "__array__"):
         return tree
-    if data_adapter_utils.is_torch_tensor(tree):
+    if ki.is_torch_tensor(tree):
         tree = tree.cpu()
     return np.asarray(tree)
 
 
 def output_signature(sequence, class_weight=None):
-    """tf.data signature of `sequence`'s batches (cached on the object)."""
-    runtime = sequence._seqify_runtime()
+    """tf.data signature of `sequence`'s batches (cached per process).
+
+    The object's own `output_signature` if it has one; else inferred like
+    Keras does, from the first `NUM_BATCHES_FOR_TENSOR_SPEC` batches
+    (dimensions that differ between them become None), read without
+    consuming anything (a stream's through its push-back buffer). The
+    leading (batch) dimension is always relaxed.
+    """
+    given = sequence.settings.output_signature
+    if given is not None:
+        return given
+    runner = sequence._runner
     key = class_weight is not None
-    cached = runtime.extra.get(("spec", key))
+    cached = runner.signatures.get(key)
     if cached is not None:
-        return cached.value
+        return cached
     from keras.src.utils.module_utils import tensorflow as tf
 
-    samples = sequence._seqify_peek()
+    samples = runner.sample_batches(ki.NUM_BATCHES_FOR_TENSOR_SPEC)
     if class_weight is not None:
         samples = [SequenceAdapter(sequence, class_weight)._weigh(b) for b in samples]
-    spec = data_adapter_utils.get_tensor_spec(samples)
+    spec = ki.get_tensor_spec(samples)
 
     def relax_batch_dim(s):
         # Batches may differ in size (the last one, or a stream's); the
@@ -176,109 +209,87 @@ def output_signature(sequence, class_weight=None):
         return s
 
     spec = tf.nest.map_structure(relax_batch_dim, spec)
-    runtime.extra[("spec", key)] = _Cached(spec)
+    runner.signatures[key] = spec
     return spec
 
 
-class _Cached:
-    __slots__ = ("value",)
+class _SignatureCheck:
+    """Raises a clear error for a batch that does not fit the tf.data signature.
 
-    def __init__(self, value):
-        self.value = value
-
-
-_SEQIFY_DIR = os.path.dirname(os.path.abspath(__file__))
-_PASS_THROUGH = (
-    _SEQIFY_DIR,
-    f"{os.sep}data_adapters{os.sep}",
-    f"{os.sep}tensorflow{os.sep}",
-    f"{os.sep}torch{os.sep}utils{os.sep}data{os.sep}",
-    threading.__file__,
-)
-_MODEL_BUILDERS = ("_symbolic_build", "_maybe_symbolic_build")
-
-
-def _first_caller(frame):
-    """The innermost frame that is not seqify, a data adapter, TF or threading."""
-    while frame is not None:
-        filename = frame.f_code.co_filename
-        if not any(part in filename for part in _PASS_THROUGH):
-            return frame
-        frame = frame.f_back
-    return None
-
-
-def _building_model() -> bool:
-    """Whether Keras is pulling a batch only to build the model.
-
-    Keras's JAX and torch trainers (and TF's under a distribution strategy)
-    take one batch from a fresh iterator to build an unbuilt model, then drop
-    it. The caller is the only way to tell. Under TF the pull happens on a
-    tf.data thread while the main thread waits in Keras, so both are looked at.
-    Checked once per pass.
+    Without it tf.data fails deep inside the train step with "yielded an
+    element of shape ... where ... was expected" and no hint at the fix.
     """
-    stacks = [sys._getframe(1)]
-    main = threading.main_thread()
-    if threading.current_thread() is not main:
-        stacks.append(sys._current_frames().get(main.ident))
-    keras_dir = f"{os.sep}keras{os.sep}"
-    for frame in stacks:
-        caller = _first_caller(frame)
-        if caller is None:
-            continue
-        # JAX's predict() builds inline with a bare next(iterator); its real
-        # loop goes through EpochIterator.__next__ instead.
-        if caller.f_code.co_name == "predict" and keras_dir in caller.f_code.co_filename:
-            return True
-        while caller is not None:
-            code = caller.f_code
-            if code.co_name in _MODEL_BUILDERS and keras_dir in code.co_filename:
-                return True
-            caller = caller.f_back
-        return False
-    return False
+
+    def __init__(self, signature, name):
+        from keras.src.utils.module_utils import tensorflow as tf
+
+        self._name = name
+        self._paths = []
+        self._dims = []
+        for path, spec in _leaves(signature, "batch"):
+            shape = getattr(spec, "shape", None)
+            if isinstance(spec, tf.TensorSpec) and shape is not None and shape.rank is not None:
+                self._paths.append(path)
+                self._dims.append(tuple(shape.as_list()))
+            else:
+                self._paths.append(None)
+                self._dims.append(None)
+        self._signature = signature
+        self._count = 0
+
+    def __call__(self, batch):
+        index = self._count
+        self._count += 1
+        leaves = [leaf for _, leaf in _leaves(batch, "batch")]
+        if len(leaves) != len(self._dims):
+            self._fail(index, f"it has {len(leaves)} arrays where the signature has {len(self._dims)}")
+        for leaf, dims, path in zip(leaves, self._dims, self._paths):
+            if dims is None:
+                continue
+            shape = np.shape(leaf)
+            if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+                self._fail(index, f"{path} has shape {tuple(shape)} where the signature expects {dims}")
+
+    def _fail(self, index, what):
+        raise ValueError(
+            f"Batch {index} of this pass of {self._name} does not fit the tf.data signature seqify "
+            f"inferred from the first {ki.NUM_BATCHES_FOR_TENSOR_SPEC} batches: {what}. Pass the full "
+            "signature as `output_signature=` (to the constructor or to_tf_dataset), with None for "
+            f"every dimension that varies. Inferred: {self._signature}"
+        )
 
 
-def _called_from_predict() -> bool:
-    # Keras passes shuffle=False to both evaluate and predict, so the call
-    # site is the only way to tell them apart; looked up once per call.
-    frame = sys._getframe(2)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "predict" and f"{os.sep}keras{os.sep}" in code.co_filename:
-            return True
-        frame = frame.f_back
-    return False
+def _leaves(tree, path):
+    if isinstance(tree, dict):
+        for key in tree:
+            yield from _leaves(tree[key], f"{path}[{key!r}]")
+    elif isinstance(tree, (tuple, list)):
+        for i, value in enumerate(tree):
+            yield from _leaves(value, f"{path}[{i}]")
+    else:
+        yield path, tree
+
+
+# -- the get_data_adapter hook ---------------------------------------------------
+def _claims(x) -> bool:
+    return isinstance(x, (_sequence_class, ThreadSafeIterator))
+
+
+def _make_adapter(x, arguments):
+    if isinstance(x, ThreadSafeIterator):
+        x = x.as_sequence(arguments["steps_per_epoch"])
+    if arguments["y"] is not None:
+        ki.raise_unsupported_arg("y", "the targets", "seqify Sequence")
+    if arguments["sample_weight"] is not None:
+        ki.raise_unsupported_arg("sample_weights", "the sample weights", "seqify Sequence")
+    # predict() always runs in natural order, whatever the object's own
+    # `shuffle`: predictions must line up with the inputs.
+    predicting = ki.called_from_predict()
+    return SequenceAdapter(x, class_weight=arguments["class_weight"], shuffle=bool(arguments["shuffle"]), natural=predicting)
 
 
 def install(sequence_class) -> None:
-    """Routes seqify Sequences in `fit`/`evaluate`/`predict` to SequenceAdapter."""
+    """Routes seqify objects in `fit`/`evaluate`/`predict` to SequenceAdapter."""
     global _sequence_class
     _sequence_class = sequence_class
-    from keras.src.trainers import data_adapters
-
-    original = data_adapters.get_data_adapter
-    if getattr(original, "_seqify_original", None) is not None:
-        return
-
-    @functools.wraps(original)
-    def get_data_adapter(x, y=None, sample_weight=None, batch_size=None, steps_per_epoch=None, shuffle=False, class_weight=None):
-        if isinstance(x, _sequence_class):
-            if y is not None:
-                data_adapters.raise_unsupported_arg("y", "the targets", "seqify Sequence")
-            if sample_weight is not None:
-                data_adapters.raise_unsupported_arg("sample_weights", "the sample weights", "seqify Sequence")
-            if getattr(x, "is_shuffled", False) and _called_from_predict():
-                raise ValueError(
-                    f"model.predict() was given a shuffled seqify object ({type(x).__name__} with "
-                    "shuffle=True): its outputs would come back in a shuffled order that matches "
-                    "no input order. Build a copy with shuffle=False for prediction."
-                )
-            # `shuffle` is deliberately not used: a seqify object owns its
-            # order (its own `shuffle`/`seed`), so fit's default shuffle=True
-            # can neither reorder a stream nor break reproducibility.
-            return SequenceAdapter(x, class_weight=class_weight)
-        return original(x, y, sample_weight, batch_size, steps_per_epoch, shuffle, class_weight)
-
-    get_data_adapter._seqify_original = original
-    data_adapters.get_data_adapter = get_data_adapter
+    ki.install_adapter_hook(_claims, _make_adapter)

@@ -25,9 +25,10 @@ def wanted() -> bool:
 
 def install(sequence_class) -> bool:
     """Registers the adapter with tf_keras; returns False if tf_keras is absent."""
-    try:
-        from tf_keras.src.engine import data_adapter
-    except ImportError:
+    from seqify.keras_internals import tf_keras_data_adapter
+
+    data_adapter = tf_keras_data_adapter()
+    if data_adapter is None:
         return False
     if any(getattr(cls, "_seqify", False) for cls in data_adapter.ALL_ADAPTER_CLS):
         return True
@@ -49,7 +50,7 @@ def _make_adapter_class(data_adapter, sequence_class):
         def can_handle(x, y=None):
             return isinstance(x, sequence_class)
 
-        def __init__(self, x, y=None, sample_weights=None, workers=1, use_multiprocessing=False, max_queue_size=10, model=None, **kwargs):
+        def __init__(self, x, y=None, sample_weights=None, workers=1, use_multiprocessing=False, max_queue_size=10, model=None, shuffle=False, **kwargs):
             if not data_adapter.is_none_or_empty(y):
                 raise ValueError("`y` argument is not supported with a seqify Sequence: the batches carry the targets.")
             if not data_adapter.is_none_or_empty(sample_weights):
@@ -59,8 +60,10 @@ def _make_adapter_class(data_adapter, sequence_class):
                 if value != _FIT_DEFAULTS[name]:
                     setattr(x, name, value)
             self._sequence = x
-            self._inner = SequenceAdapter(x)
-            peek = x._seqify_peek()[0]
+            # Keras 2 shuffles a Sequence's batch order under fit's default
+            # shuffle=True; the object's own `shuffle` wins if set.
+            self._inner = SequenceAdapter(x, shuffle=bool(shuffle))
+            peek = x._runner.sample_batches(1)[0]
             if model is not None and not model.built:
                 concrete_x, _, _ = data_adapter.unpack_x_y_sample_weight(peek)
                 try:
@@ -93,7 +96,7 @@ def _make_adapter_class(data_adapter, sequence_class):
             return self._make_dataset()
 
         def get_size(self):
-            return self._sequence._seqify_num_batches()
+            return self._sequence._runner.source.num_batches()
 
         def batch_size(self):
             return None

@@ -1,33 +1,15 @@
 """`seqify.Sequence`: a `keras.utils.PyDataset` driven by seqify's engine."""
 
 import math
-import random
-import threading
 import weakref
+from typing import Iterator, Optional
 
 import cloudpickle
 import keras
-import numpy as np
 
-from seqify._validation import is_int
-from seqify.engine.executor import Executor
-from seqify.engine.inline_pool import InlinePool
-from seqify.engine.job import FETCH, Job
-from seqify.engine.messages import Task
-
-_START_METHODS = (None, "fork", "spawn", "forkserver")
-
-
-def validate_worker_args(workers, use_multiprocessing, max_queue_size, start_method=None):
-    """Raises ValueError/TypeError naming the bad argument and the fix."""
-    if not is_int(workers) or workers < 0:
-        raise ValueError(f"`workers` must be an int >= 0 (0 builds batches on the calling thread); got {workers!r}.")
-    if not isinstance(use_multiprocessing, (bool, np.bool_)):
-        raise TypeError(f"`use_multiprocessing` must be True or False; got {use_multiprocessing!r}.")
-    if not is_int(max_queue_size) or max_queue_size < 1:
-        raise ValueError(f"`max_queue_size` must be an int >= 1 (batches in flight); got {max_queue_size!r}.")
-    if start_method not in _START_METHODS:
-        raise ValueError(f"`start_method` must be one of {_START_METHODS}; got {start_method!r}.")
+from seqify.runner import EpochRunner
+from seqify.settings import Settings
+from seqify.source import IndexSource, Source
 
 
 class _GetItem:
@@ -58,27 +40,50 @@ class _StrongGetItem:
         return self.sequence[index]
 
 
+class _NumBatches:
+    """A subclass's current number of batches (it may change between epochs)."""
+
+    def __init__(self, sequence):
+        self._ref = weakref.ref(sequence)
+
+    def __call__(self):
+        sequence = self._ref()
+        n = sequence.num_batches
+        if n is not None and n < 1:
+            raise ValueError(
+                f"{type(sequence).__name__} has {n} batches; seqify needs at least one (`__len__` >= 1), "
+                "or `num_batches` None for an infinite Sequence (with fit(steps_per_epoch=...))."
+            )
+        return n
+
+
 class Sequence(keras.utils.PyDataset):
     """Base class for datasets that seqify runs on its own parallel engine.
 
     Subclass it like `keras.utils.PyDataset`: implement `__len__` (number of
-    batches) and `__getitem__(index)` (one batch), optionally
+    batches; or a `num_batches` property returning None for an infinite
+    dataset) and `__getitem__(index)` (one batch), optionally
     `on_epoch_begin`/`on_epoch_end`. Pass the object straight to
-    `model.fit`/`evaluate`/`predict`. Unlike Keras's own workers, seqify's
-    are started once and reused across epochs, process workers return arrays
+    `model.fit`/`evaluate`/`predict`, or iterate it (`for batch in ds:` runs
+    one epoch on the workers). Unlike Keras's own workers, seqify's are
+    started once and reused across epochs, process workers return arrays
     through shared memory, a dead worker raises instead of hanging, and
     `seqify.worker_info().rng()` gives reproducible per-batch randomness.
 
     Args:
         workers: number of workers (threads, or processes with
             `use_multiprocessing=True`); 0 builds batches on the thread that
-            consumes them.
+            consumes them; "auto" measures and picks (see `seqify.check`).
         use_multiprocessing: use processes (for GIL-holding Python work).
         max_queue_size: maximum number of batches in flight.
-        seed: seed for `worker_info().rng()` and for shuffling; drawn at
-            random if None.
-        start_method: "fork", "spawn", "forkserver", or None for Python's
-            default.
+        seed: seed for shuffling, `worker_info().rng()` and the global
+            RNGs of process workers; drawn at random if None.
+        start_method: "fork", "spawn", "forkserver", or None for seqify's
+            default (Python's, or forkserver under the JAX/torch backends).
+        shuffle: None (default) follows `fit(shuffle=...)` as Keras does;
+            True/False overrides it. Orders are drawn from (seed, epoch).
+        output_signature: `tf.TensorSpec` structure for the TF backend;
+            inferred from the first batches if None.
 
     Example:
 
@@ -97,89 +102,124 @@ class Sequence(keras.utils.PyDataset):
 
     def __init__(
         self,
-        workers: int = 1,
+        workers=1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
         *,
-        seed=None,
-        start_method=None,
+        seed: Optional[int] = None,
+        start_method: Optional[str] = None,
+        shuffle: Optional[bool] = None,
+        output_signature=None,
     ):
-        validate_worker_args(workers, use_multiprocessing, max_queue_size, start_method)
-        super().__init__(workers=int(workers), use_multiprocessing=bool(use_multiprocessing), max_queue_size=int(max_queue_size))
-        self._seqify_seed = int(seed) if seed is not None else random.SystemRandom().randrange(2**32)
-        self._seqify_start_method = start_method
+        settings = Settings.create(
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size,
+            seed=seed, start_method=start_method, shuffle=shuffle, output_signature=output_signature,
+        )
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=settings.max_queue_size)
+        self.__dict__["_settings"] = settings
 
-    # -- pickling -----------------------------------------------------------
-    # Runtime state (pool, threads, epoch counter) never travels. The rest is
-    # cloudpickled, so lambdas and closures survive plain `pickle` too.
-    def __reduce_ex__(self, protocol):
-        state = {k: v for k, v in self.__dict__.items() if k != "_seqify_rt"}
-        return _restore, (cloudpickle.dumps((type(self), state)),)
+    # -- settings (Keras's attributes, validated) ----------------------------
+    @property
+    def settings(self) -> Settings:
+        """This object's `seqify.settings.Settings` (read-only)."""
+        settings = self.__dict__.get("_settings")
+        if settings is None:  # a subclass that skipped super().__init__()
+            settings = self.__dict__["_settings"] = Settings.create()
+        return settings
 
-    # -- runtime --------------------------------------------------------------
-    def _seqify_runtime(self):
-        runtime = self.__dict__.get("_seqify_rt")
-        if runtime is None:
-            runtime = self.__dict__["_seqify_rt"] = _Runtime()
-            # Pools and producer threads never reference the Sequence, so it
-            # can be collected; this then shuts them down (and at exit).
-            weakref.finalize(self, runtime.close)
-        return runtime
+    def _replace_settings(self, **changes) -> None:
+        settings = self.settings.replace(**changes)
+        self.__dict__["_settings"] = settings
+        runner = self.__dict__.get("_seqify_runner")
+        if runner is not None:
+            runner.update_settings(settings)
 
-    def _seqify_executor(self):
-        runtime = self._seqify_runtime()
-        settings = (self.workers, self.use_multiprocessing, getattr(self, "_seqify_start_method", None), self.max_queue_size)
-        with runtime.lock:
-            if runtime.executor is None or runtime.settings != settings:
-                if runtime.executor is not None:
-                    runtime.executor.close()
-                runtime.executor = Executor(*settings[:3], name=type(self).__name__, max_queue_size=settings[3])
-                runtime.settings = settings
-            return runtime.executor
+    @property
+    def workers(self):
+        runner = self.__dict__.get("_seqify_runner")
+        if self.settings.workers == "auto" and runner is not None and runner._resolved is not None:
+            return runner._resolved[0]
+        return self.settings.workers
+
+    @workers.setter
+    def workers(self, value):
+        if "_settings" in self.__dict__:
+            self._replace_settings(workers=value)
+
+    @property
+    def use_multiprocessing(self) -> bool:
+        runner = self.__dict__.get("_seqify_runner")
+        if self.settings.workers == "auto" and runner is not None and runner._resolved is not None:
+            return runner._resolved[1]
+        return self.settings.use_multiprocessing
+
+    @use_multiprocessing.setter
+    def use_multiprocessing(self, value):
+        if "_settings" in self.__dict__:
+            self._replace_settings(use_multiprocessing=value)
+
+    @property
+    def max_queue_size(self) -> int:
+        return self.settings.max_queue_size
+
+    @max_queue_size.setter
+    def max_queue_size(self, value):
+        if "_settings" in self.__dict__:
+            self._replace_settings(max_queue_size=value)
 
     @property
     def seed(self) -> int:
         """The seed used for shuffling and `worker_info().rng()`."""
-        if "_seqify_seed" not in self.__dict__:
-            self._seqify_seed = random.SystemRandom().randrange(2**32)
-        return self._seqify_seed
+        return self.settings.seed
 
-    def _seqify_make_job(self) -> Job:
-        return Job(fetch=_GetItem(self), seed=self.seed)
+    @property
+    def shuffle(self) -> Optional[bool]:
+        """The object's own `shuffle` (None: follows `fit(shuffle=...)`)."""
+        return self.settings.shuffle
 
-    def _seqify_num_batches(self) -> int:
-        n = self.num_batches
-        if n is None or n < 1:
-            raise ValueError(f"{type(self).__name__} has {n} batches; seqify needs at least one (`__len__` >= 1).")
-        return int(n)
+    # -- pickling -----------------------------------------------------------
+    # Runtime state (pool, threads, epoch cursor) never travels. The rest is
+    # cloudpickled, so lambdas and closures survive plain `pickle` too.
+    def __reduce_ex__(self, protocol):
+        state = {k: v for k, v in self.__dict__.items() if k != "_seqify_runner"}
+        return _restore, (cloudpickle.dumps((type(self), state)),)
 
-    def _seqify_order(self, epoch: int, n: int):
-        return range(n)
-
-    def _seqify_hooks_overridden(self) -> bool:
+    # -- the source and its runner -------------------------------------------
+    def _make_source(self) -> Source:
+        """The `Source` of this object's batches (built once per process)."""
         cls = type(self)
-        return cls.on_epoch_begin is not Sequence.on_epoch_begin or cls.on_epoch_end is not Sequence.on_epoch_end
+        hooks = cls.on_epoch_begin is not Sequence.on_epoch_begin or cls.on_epoch_end is not Sequence.on_epoch_end
+        return IndexSource(_GetItem(self), _NumBatches(self), self.seed, reship=hooks)
 
-    def _seqify_iter_pass(self):
-        """Yields one pass (epoch) of standardized batches, in order, in parallel."""
-        runtime = self._seqify_runtime()
-        epoch = runtime.next_epoch()
-        n = self._seqify_num_batches()
-        executor = self._seqify_executor()
-        pool = executor.running_pool
-        if pool is not None and pool.use_multiprocessing and self._seqify_hooks_overridden():
-            # Epoch hooks may have changed state that process workers hold a
-            # copy of; re-ship it. Objects without hooks never pay for this.
-            pool.update(self._seqify_make_job())
-        tasks = (Task(FETCH, epoch, int(i)) for i in self._seqify_order(epoch, n))
-        window = max(int(self.max_queue_size), executor.workers, 1)
-        return executor.run(self._seqify_make_job, tasks, window)
+    @property
+    def _runner(self) -> EpochRunner:
+        runner = self.__dict__.get("_seqify_runner")
+        if runner is None:
+            runner = self.__dict__["_seqify_runner"] = EpochRunner(self._make_source(), self.settings, type(self).__name__)
+            # Pools and producer threads never reference the Sequence, so it
+            # can be collected; this then shuts them down (and at exit).
+            weakref.finalize(self, runner.close)
+        return runner
 
-    def _seqify_peek(self):
-        """A few batches to infer a tf.data signature, consuming nothing."""
-        n = self._seqify_num_batches()
-        pool = InlinePool(self._seqify_make_job())
-        return [pool.submit(Task(FETCH, 0, i)).result() for i in sorted({0, n - 1})]
+    def iter_epoch(self, *, shuffle: Optional[bool] = None) -> Iterator:
+        """Runs one epoch on the workers and yields its batches in order.
+
+        This is what `fit` runs each epoch, and what `for batch in ds:` does.
+        Batches come out standardized (`(x,)`, `(x, y)`, `(x, y, sw)` or a
+        dict), each once. Epoch hooks are not called (Keras calls them).
+
+        Args:
+            shuffle: whether to shuffle this pass if the object's own
+                `shuffle` is None (default: natural order).
+
+        Returns:
+            A generator over the epoch's batches; close it (or let it go) to
+            stop early: in-flight work is given back, no stream batch is lost.
+        """
+        return self._runner.iter_epoch(shuffle)
+
+    def __iter__(self):
+        return self.iter_epoch()
 
     def to_tf_dataset(self, output_signature=None):
         """Returns a `tf.data.Dataset` over this object, one pass per iteration.
@@ -189,8 +229,9 @@ class Sequence(keras.utils.PyDataset):
         `.map`, `.prefetch`, `.unbatch`, and `tf.distribute` strategies.
 
         Args:
-            output_signature: a nested `tf.TensorSpec` structure; inferred
-                (without consuming a batch of the epoch) if None.
+            output_signature: a nested `tf.TensorSpec` structure; the
+                object's own `output_signature`, or inferred from the first
+                batches (consuming none) if None.
 
         Returns:
             A `tf.data.Dataset`.
@@ -211,9 +252,9 @@ class Sequence(keras.utils.PyDataset):
 
         The object stays usable: the next epoch starts a fresh pool.
         """
-        runtime = self.__dict__.get("_seqify_rt")
-        if runtime is not None:
-            runtime.close()
+        runner = self.__dict__.get("_seqify_runner")
+        if runner is not None:
+            runner.close()
 
     def __enter__(self):
         return self
@@ -221,34 +262,6 @@ class Sequence(keras.utils.PyDataset):
     def __exit__(self, *exc_info):
         self.close()
         return False
-
-
-class _Runtime:
-    """Per-process, never-pickled state of a Sequence."""
-
-    def __init__(self):
-        self.lock = threading.RLock()
-        self.executor = None
-        self.settings = None
-        self.epoch = -1
-        self.spec = None
-        self.extra = {}
-
-    def next_epoch(self) -> int:
-        with self.lock:
-            self.epoch += 1
-            return self.epoch
-
-    def close(self) -> None:
-        with self.lock:
-            if self.executor is not None:
-                self.executor.close()
-            # Streams keep their buffered items across close() (none is lost);
-            # only their producer threads stop.
-            for value in list(self.extra.values()):
-                close = getattr(value, "close", None)
-                if close is not None:
-                    close()
 
 
 def _restore(payload):

@@ -35,6 +35,31 @@ class ThreadSafeIterator:
         with locks.get_lock(self._lock_key):
             return next(self._iterator)
 
+    def as_sequence(self, steps_per_epoch):
+        """This iterator as a seqify stream of `steps_per_epoch` batches per epoch.
+
+        What `model.fit(it, steps_per_epoch=N)` trains on: one stream per
+        iterator (and per N), so consecutive fit calls continue where the
+        last one stopped, each batch exactly once, in order.
+
+        Raises:
+            ValueError: `steps_per_epoch` is None (an iterator has no end
+                seqify could know).
+        """
+        if steps_per_epoch is None:
+            raise ValueError(
+                f"model.fit() got the seqify.threadsafe generator {self._name!r} without `steps_per_epoch`: "
+                "a generator has no length, so seqify cannot know where an epoch ends. Pass "
+                "steps_per_epoch=N to fit/evaluate (predict: steps=N), as with fit_generator."
+            )
+        cache = self.__dict__.setdefault("_sequences", {})
+        sequence = cache.get(steps_per_epoch)
+        if sequence is None:
+            from seqify.adapters.generator import from_generator
+
+            sequence = cache[steps_per_epoch] = from_generator(self, steps_per_epoch=steps_per_epoch, workers=0)
+        return sequence
+
     def __reduce__(self):
         raise TypeError(
             f"seqify.threadsafe {self._name!r} is a running generator and cannot be pickled or sent to "

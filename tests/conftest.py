@@ -46,6 +46,16 @@ class Plain(seqify.Sequence):
         return make_batch(index)
 
 
+def expected_epochs(seed, n, epochs, fit_kwargs):
+    """The batch order of each epoch under `fit(**fit_kwargs)` for an object
+    that leaves shuffling to fit: Keras shuffles under fit's default
+    shuffle=True, drawn here from (seed, epoch)."""
+    from seqify.source import batch_order
+
+    shuffled = fit_kwargs.get("shuffle", True)
+    return [[int(i) for i in batch_order(seed, epoch, n, shuffled)] for epoch in range(epochs)]
+
+
 def batch_ids(batches):
     return [int(np.asarray(b[0] if not isinstance(b, dict) else b["x"]).reshape(-1)[0]) for b in batches]
 

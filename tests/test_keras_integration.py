@@ -276,8 +276,8 @@ def test_worker_processes_are_reused_across_epochs_and_calls():
         return make_batch(i)[0], np.full((4, 1), os.getpid(), "float32")
 
     with seqify.from_batch_fn(fn, 4, workers=2, use_multiprocessing=True) as ds:
-        pids = {int(b[1][0, 0]) for _ in range(3) for b in ds._seqify_iter_pass()}
+        pids = {int(b[1][0, 0]) for _ in range(3) for b in ds.iter_epoch()}
         model.fit(ds, epochs=2, verbose=0)
-        pids |= {int(b[1][0, 0]) for b in ds._seqify_iter_pass()}
+        pids |= {int(b[1][0, 0]) for b in ds.iter_epoch()}
     assert len(pids) == 2  # the same two workers served every epoch and call
     assert os.getpid() not in pids

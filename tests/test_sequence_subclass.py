@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import seqify
-from conftest import assert_no_warnings, make_batch, split_epochs, Plain
+from conftest import assert_no_warnings, make_batch, split_epochs, Plain, expected_epochs
 
 SETTINGS = [
     pytest.param(0, False, id="inline"),
@@ -76,10 +76,10 @@ class FailsAtBatch2(Plain):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("fit_kwargs", [{}, {"shuffle": False}], ids=["fit-defaults", "fit-shuffle-False"])
 @pytest.mark.parametrize("workers,use_mp", [(1, False), (4, False), (2, True), (4, True)], ids=["threads-1", "threads-4", "processes-2", "processes-4"])
-def test_fit_consumes_every_batch_once_per_epoch_in_index_order(model, workers, use_mp, fit_kwargs):
+def test_fit_consumes_every_batch_once_per_epoch_in_fits_order(model, workers, use_mp, fit_kwargs):
     with Plain(5, workers=workers, use_multiprocessing=use_mp) as ds:
         model.fit(ds, epochs=3, verbose=0, **fit_kwargs)
-    assert split_epochs(model.trained, 5) == [[0, 1, 2, 3, 4]] * 3
+    assert split_epochs(model.trained, 5) == expected_epochs(ds.seed, 5, 3, fit_kwargs)
 
 
 # -- epoch hooks ------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_on_epoch_begin_and_end_are_called_exactly_once_per_epoch(model, workers
 @pytest.mark.parametrize("workers,use_mp", SETTINGS)
 def test_state_changed_in_on_epoch_end_is_seen_by_the_workers_next_epoch(model, workers, use_mp):
     with ShiftingOffset(workers=workers, use_multiprocessing=use_mp) as ds:
-        model.fit(ds, epochs=3, verbose=0)
+        model.fit(ds, epochs=3, verbose=0, shuffle=False)
     assert model.trained == [0, 1, 2, 100, 101, 102, 200, 201, 202]
 
 
@@ -105,7 +105,7 @@ def test_state_changed_in_on_epoch_end_is_seen_by_the_workers_next_epoch(model, 
 @pytest.mark.parametrize("workers,use_mp", SETTINGS)
 def test_state_changed_in_on_epoch_begin_is_seen_by_the_workers_in_that_epoch(model, workers, use_mp):
     with ReorderedOnEpochBegin(workers=workers, use_multiprocessing=use_mp) as ds:
-        model.fit(ds, epochs=3, verbose=0)
+        model.fit(ds, epochs=3, verbose=0, shuffle=False)
         expected = ds.orders
     assert len(expected) == 3
     assert split_epochs(model.trained, 5) == expected
@@ -127,7 +127,7 @@ def test_exception_in_getitem_reaches_caller_as_itself_with_batch_index(use_mp):
     got = []
     with FailsAtBatch2(4, workers=2, use_multiprocessing=use_mp) as ds:
         with pytest.raises(LookupError) as info:
-            for batch in ds._seqify_iter_pass():
+            for batch in ds.iter_epoch():
                 got.append(int(batch[0][0, 0]))
     exc = info.value
     assert type(exc) is LookupError
@@ -143,7 +143,7 @@ def test_exception_in_getitem_reaches_caller_as_itself_with_batch_index(use_mp):
 def test_no_warning_from_fit_evaluate_predict(model, use_mp):
     with ShiftingOffset(workers=2, use_multiprocessing=use_mp) as ds:
         with assert_no_warnings():
-            model.fit(ds, epochs=2, verbose=0)
+            model.fit(ds, epochs=2, verbose=0, shuffle=False)
             model.evaluate(ds, verbose=0)
             model.predict(ds, verbose=0)
     assert model.trained == [0, 1, 2, 100, 101, 102]
@@ -152,7 +152,7 @@ def test_no_warning_from_fit_evaluate_predict(model, use_mp):
 def test_len_below_one_is_a_clear_error():
     with Plain(0) as ds:
         with pytest.raises(ValueError, match=r"__len__"):
-            list(ds._seqify_iter_pass())
+            list(ds.iter_epoch())
 
 
 @pytest.mark.parametrize(

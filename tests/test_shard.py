@@ -8,7 +8,7 @@ from conftest import make_batch, recording_model
 
 
 def _epoch(ds):
-    return [int(b[0].reshape(-1)[0]) for b in ds._seqify_iter_pass()]
+    return [int(b[0].reshape(-1)[0]) for b in ds.iter_epoch()]
 
 
 @pytest.mark.parametrize("num_shards", [1, 2, 3])
@@ -26,7 +26,7 @@ def test_shuffled_array_shards_cover_every_sample_once_per_epoch():
     with seqify.from_arrays(x, batch_size=3, shuffle=True, seed=5) as ds:
         shards = [ds.shard(2, k) for k in range(2)]
         for _ in range(2):  # two epochs, both shards advance together
-            samples = [int(v) for shard in shards for b in shard._seqify_iter_pass() for v in b[0].ravel()]
+            samples = [int(v) for shard in shards for b in shard.iter_epoch() for v in b[0].ravel()]
             assert sorted(samples) == list(range(20))
 
 
@@ -65,7 +65,7 @@ def test_sharded_stream_shards_cover_every_item_once_per_epoch(use_multiprocessi
     ) as ds:
         parts = [ds.shard(2, k) for k in range(2)]
         for epoch in range(2):
-            items = [int(b[0].reshape(-1)[0]) for part in parts for b in part._seqify_iter_pass()]
+            items = [int(b[0].reshape(-1)[0]) for part in parts for b in part.iter_epoch()]
             assert sorted(items) == list(range(8 * epoch, 8 * (epoch + 1)))
         for part in parts:
             part.close()

@@ -7,6 +7,7 @@ import numpy as np
 from seqify.adapters.batch_fn import BatchFnSequence
 from seqify.engine.worker_info import worker_info
 from seqify.sequence import num_batches_for
+from seqify.settings import draw_seed
 from seqify._validation import is_int
 
 
@@ -30,13 +31,12 @@ def _leaves(tree, path):
 
 
 class _ArraySlicer:
-    """Batch `i` of the arrays; with shuffle, of a per-epoch sample permutation."""
+    """Batch `i` of the arrays; in a shuffled pass, of a per-epoch sample permutation."""
 
-    def __init__(self, data, batch_size, num_samples, shuffle, seed):
+    def __init__(self, data, batch_size, num_samples, seed):
         self.data = data
         self.batch_size = batch_size
         self.num_samples = num_samples
-        self.shuffle = shuffle
         self.seed = seed
         self._perm = (None, None)
 
@@ -50,9 +50,9 @@ class _ArraySlicer:
     def __call__(self, i):
         start = i * self.batch_size
         stop = min(start + self.batch_size, self.num_samples)
-        if self.shuffle:
-            info = worker_info()
-            rows = self._permutation(info.epoch if info else 0)[start:stop]
+        info = worker_info()
+        if info is not None and info.shuffled:
+            rows = self._permutation(info.epoch)[start:stop]
             return _map(lambda a: np.take(a, rows, axis=0), self.data)
         return _map(lambda a: a[start:stop], self.data)
 
@@ -63,13 +63,14 @@ def from_arrays(
     sample_weight=None,
     *,
     batch_size: int = 32,
-    shuffle: bool = False,
+    shuffle: Optional[bool] = None,
     seed: Optional[int] = None,
     drop_remainder: bool = False,
     workers: int = 1,
     use_multiprocessing: bool = False,
     max_queue_size: int = 10,
     start_method: Optional[str] = None,
+    output_signature=None,
 ) -> BatchFnSequence:
     """Adapts in-memory arrays into a batched, Keras-ready Sequence.
 
@@ -78,11 +79,13 @@ def from_arrays(
         y: targets, same forms as `x`, or None.
         sample_weight: per-sample weights, or None.
         batch_size: samples per batch (>= 1).
-        shuffle: draw a new seeded sample order every epoch.
+        shuffle: None (default) follows `fit(shuffle=...)` as Keras does for
+            arrays: a new sample order each training epoch, drawn from
+            (seed, epoch); True/False overrides it.
         seed: seed for shuffling and `seqify.worker_info().rng()`.
         drop_remainder: drop the last partial batch instead of keeping it.
-        workers, use_multiprocessing, max_queue_size, start_method: as in
-            `seqify.from_batch_fn`.
+        workers, use_multiprocessing, max_queue_size, start_method,
+            output_signature: as in `seqify.from_batch_fn`.
 
     Returns:
         A `seqify.Sequence` yielding `(x,)`, `(x, y)` or `(x, y, sample_weight)`.
@@ -126,11 +129,11 @@ def from_arrays(
             + "; pass more data or a smaller batch_size."
         )
     data = tuple(value for _, value in parts)
-    seq = BatchFnSequence(
-        _ArraySlicer(data, int(batch_size), num_samples, bool(shuffle), 0), num_batches,
-        seed=seed, workers=workers, use_multiprocessing=use_multiprocessing,
-        max_queue_size=max_queue_size, start_method=start_method,
+    if seed is None:
+        seed = draw_seed()  # the slicer and the Sequence share it
+    return BatchFnSequence(
+        _ArraySlicer(data, int(batch_size), num_samples, seed), num_batches,
+        shuffle=shuffle, seed=seed, workers=workers, use_multiprocessing=use_multiprocessing,
+        max_queue_size=max_queue_size, start_method=start_method, output_signature=output_signature,
+        _shuffles_samples=True,
     )
-    seq._fn.seed = seq.seed
-    seq._samples_shuffled = bool(shuffle)
-    return seq

@@ -4,33 +4,213 @@ import collections
 import collections.abc
 import functools
 import inspect
+import os
 from typing import Callable, Optional
 
 import numpy as np
 
 from seqify._pickling import check_picklable
-from seqify.engine.batches import standardize_batch
+from seqify._validation import is_int
 from seqify.engine.errors import StreamExhaustedError
 from seqify.engine.inline_pool import InlinePool
-from seqify.engine.job import SHARD, TRANSFORM, Job
-from seqify.engine.messages import Task
-from seqify.engine.pipeline import discard_all, ordered
+from seqify.engine.job import Job
+from seqify.engine.messages import Task, TaskKind
 from seqify.engine.stream import Stream, StreamEnd
-from seqify.sequence import Sequence, validate_worker_args
-from seqify._validation import is_int
+from seqify.sequence import Sequence
+from seqify.source import NO_HANDLE, Pass, discard_all
+
+
+class StreamSource:
+    """One producer thread reads the stream; workers only run `transform`.
+
+    Its per-process state is the `Stream` (the producer, the read-ahead
+    buffer and the items pushed back). Batches taken from the stream but not
+    delivered go back to its front, so the next pass starts with them.
+    """
+
+    reorders = False
+    samples_on_pool = False
+
+    def __init__(self, make_iterator, restartable, num_batches, transform, seed, buffer_size, name):
+        self._make_iterator = make_iterator
+        self._restartable = restartable
+        self._num = num_batches
+        self._transform = transform
+        self._seed = seed
+        self._buffer_size = buffer_size
+        self._name = name
+        # Without a transform there is nothing for workers to do.
+        self.parallel = transform is not None
+
+    def num_batches(self):
+        return self._num
+
+    def make_job(self) -> Job:
+        # Only the transform travels to workers; the stream stays here.
+        return Job(transform=self._transform, seed=self._seed)
+
+    def reship(self) -> bool:
+        return False
+
+    def make_state(self) -> Stream:
+        return Stream(self._make_iterator, self._restartable, self._buffer_size, name=self._name)
+
+    def next_item(self, stream: Stream, position: int, epoch: int):
+        """`(index, item)` for `position` of the epoch; restarts a finished finite source."""
+        try:
+            return stream.next()
+        except StreamEnd:
+            if position == 0 and stream.restartable and stream.produced > 0:
+                stream.restart()  # a finite source ended at an epoch boundary: new pass
+                try:
+                    return stream.next()
+                except StreamEnd:
+                    pass
+            raise StreamExhaustedError(
+                f"The generator ran dry after {position} of the {self._num} batches of epoch {epoch} "
+                f"({stream.produced} batches since it last started). seqify never cuts an epoch "
+                f"short: lower `steps_per_epoch` (now {self._num}) to what one epoch can produce, "
+                "or make the generator loop forever (`while True:`)."
+            ) from None
+
+    def tasks(self, plan: Pass, stream: Stream):
+        for position in range(self._num):
+            index, item = self.next_item(stream, position, plan.epoch)
+            yield Task(TaskKind.TRANSFORM, plan.epoch, index, item)
+
+    def sample_tasks(self, count: int, stream: Stream, workers: int = 0):
+        items = []
+        try:
+            for position in range(min(count, self._num)):
+                items.append(self.next_item(stream, position, 0))
+        except StreamExhaustedError:
+            if not items:
+                raise
+        finally:
+            stream.push_front(items)
+        return [Task(TaskKind.TRANSFORM, 0, index, item) for index, item in items]
+
+    def sampled(self, tasks, batches, stream) -> list:
+        return batches
+
+    def abandon(self, pending, stream: Stream) -> None:
+        discard_all(pending)
+        stream.push_front([(task.index, task.payload) for task, _ in pending])
+
+
+class _Ready:
+    """A batch a sharded stream already read, served like a finished task."""
+
+    __slots__ = ("task", "_batch")
+
+    def __init__(self, task, batch):
+        self.task = task
+        self._batch = batch
+
+    def result(self):
+        return self._batch
+
+    def discard(self):
+        self._batch = None
+
+
+class ShardState:
+    """Main-side bookkeeping of a sharded stream."""
+
+    def __init__(self):
+        self.next_index = 0
+        self.head = collections.deque()  # _Ready batches pulled but not yet served
+
+    def take_index(self) -> int:
+        index = self.next_index
+        self.next_index += 1
+        return index
+
+
+class ShardedStreamSource:
+    """One generator per worker; stream item `g` comes from shard `g % workers`.
+
+    Items already pulled from the shard generators when a pass stops (or
+    built to infer a signature) are kept for the next pass, never lost.
+    """
+
+    parallel = True
+    reorders = False
+    samples_on_pool = True
+
+    def __init__(self, source, args, kwargs, num_batches, transform, seed, training_shard):
+        self._source = source
+        self._args = args
+        self._kwargs = kwargs
+        self._num = num_batches
+        self._transform = transform
+        self._seed = seed
+        self._training_shard = training_shard
+
+    def num_batches(self):
+        return self._num
+
+    def make_job(self) -> Job:
+        return Job(
+            transform=self._transform, seed=self._seed,
+            shard_source=(self._source, self._args, self._kwargs), training_shard=self._training_shard,
+        )
+
+    def reship(self) -> bool:
+        return False
+
+    def make_state(self) -> ShardState:
+        return ShardState()
+
+    def _new_tasks(self, epoch, count, state, workers):
+        shards = max(workers, 1)
+        for _ in range(count):
+            index = state.take_index()
+            # Stream item g always comes from shard g % shards: the
+            # interleaving is fixed by construction, not by timing.
+            yield Task(TaskKind.SHARD, epoch, index, worker=index % shards)
+
+    def tasks(self, plan: Pass, state: ShardState):
+        served = 0
+        while state.head and served < self._num:
+            yield state.head.popleft()
+            served += 1
+        yield from self._new_tasks(plan.epoch, self._num - served, state, plan.workers)
+
+    def sample_tasks(self, count: int, state: ShardState, workers: int = 0):
+        # Samples are real stream items: built on the pool, kept in `head`.
+        missing = max(0, min(count, self._num) - len(state.head))
+        return list(self._new_tasks(0, missing, state, workers))
+
+    def sampled(self, tasks, batches, state: ShardState) -> list:
+        state.head.extend(_Ready(task, batch) for task, batch in zip(tasks, batches))
+        return [ready.result() for ready in list(state.head)[: len(tasks) or len(state.head)]]
+
+    def abandon(self, pending, state: ShardState) -> None:
+        kept = []
+        try:
+            for task, handle in pending:
+                kept.append(_Ready(task, handle.result()))
+        except BaseException:
+            discard_all(pending[len(kept):])
+        # In stream order, ahead of anything read later.
+        state.head.extendleft(reversed(kept))
 
 
 class GeneratorSequence(Sequence):
     """A stream with one producer, handed out exactly once, in stream order.
 
-    Build it with `seqify.from_generator`. Indexing (`seq[i]`) returns the
-    *next* batch of the stream whatever `i` is: a stream has no random access,
-    so a shuffled index order (Keras's `fit(shuffle=True)`, legacy enqueuers)
-    can neither reorder nor duplicate it.
+    Build it with `seqify.from_generator`. A stream has no random access:
+    `seq[i]` serves the next batch of the stream and must be asked for in
+    order (0, 1, 2, ... within an epoch) from the process that owns the
+    object; anything else raises instead of reordering or duplicating data.
     """
 
-    def __init__(self, source, *, steps_per_epoch=None, args=(), kwargs=None, transform=None, buffer_size=None, workers=1, use_multiprocessing=False, max_queue_size=10, seed=None, start_method=None, sharded=False):
-        validate_worker_args(workers, use_multiprocessing, max_queue_size, start_method)
+    def __init__(self, source, *, steps_per_epoch=None, args=(), kwargs=None, transform=None, buffer_size=None,
+                 workers=1, use_multiprocessing=False, max_queue_size=10, seed=None, start_method=None, sharded=False,
+                 output_signature=None, _training_shard=(0, 1)):
+        super().__init__(workers, use_multiprocessing, max_queue_size, seed=seed, start_method=start_method,
+                         output_signature=output_signature)
         kwargs = dict(kwargs or {})
         if not isinstance(args, (tuple, list)):
             raise TypeError(f"`args` must be a tuple of positional arguments for `source`; got {type(args).__name__}.")
@@ -73,15 +253,14 @@ class GeneratorSequence(Sequence):
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be a callable `transform(batch) -> batch` or None; got {type(transform).__name__}.")
         if buffer_size is None:
-            buffer_size = max_queue_size
+            buffer_size = self.max_queue_size
         if not is_int(buffer_size) or buffer_size < 1:
             raise ValueError(f"`buffer_size` must be an int >= 1 (batches the producer may run ahead); got {buffer_size!r}.")
-        if transform is not None and use_multiprocessing and workers > 0:
+        if transform is not None and self.settings.uses_processes:
             check_picklable(transform, "transform")
-        if sharded and use_multiprocessing and workers > 0:
+        if sharded and self.settings.uses_processes:
             check_picklable(source, "source")
             check_picklable((tuple(args), kwargs), "args/kwargs")
-        super().__init__(workers, use_multiprocessing, max_queue_size, seed=seed, start_method=start_method)
         self._source = source
         self._source_kind = kind
         self._args = tuple(args)
@@ -90,9 +269,26 @@ class GeneratorSequence(Sequence):
         self._buffer_size = int(buffer_size)
         self._num = num
         self._sharded = bool(sharded)
+        self._training_shard = tuple(_training_shard)
+        self._owner_pid = os.getpid()
+
+    @property
+    def num_batches(self) -> int:
+        return self._num
 
     def __len__(self):
         return self._num
+
+    def _make_source(self):
+        if self._sharded:
+            return ShardedStreamSource(
+                self._source, self._args, self._kwargs, self._num, self._transform, self.seed, self._training_shard,
+            )
+        factory = functools.partial(_make_iterator, self._source_kind, self._source, self._args, self._kwargs)
+        return StreamSource(
+            factory, self._source_kind != "iterator", self._num, self._transform, self.seed, self._buffer_size,
+            name=f"{type(self).__name__}-producer",
+        )
 
     def shard(self, num_shards: int, index: int) -> "GeneratorSequence":
         """Training worker `index` of `num_shards`'s part of a sharded stream.
@@ -125,14 +321,14 @@ class GeneratorSequence(Sequence):
                 f"steps_per_epoch={self._num} is not divisible by num_shards={num_shards}; "
                 "training workers must take the same number of steps per epoch."
             )
-        part = GeneratorSequence(
+        s = self.settings
+        return GeneratorSequence(
             self._source, steps_per_epoch=self._num // num_shards, args=self._args, kwargs=self._kwargs,
-            transform=self._transform, buffer_size=self._buffer_size, workers=self.workers,
-            use_multiprocessing=self.use_multiprocessing, max_queue_size=self.max_queue_size,
-            seed=self.seed, start_method=self._seqify_start_method, sharded=True,
+            transform=self._transform, buffer_size=self._buffer_size, workers=s.workers,
+            use_multiprocessing=s.use_multiprocessing, max_queue_size=s.max_queue_size,
+            seed=s.seed, start_method=s.start_method, sharded=True, output_signature=s.output_signature,
+            _training_shard=(int(index), int(num_shards)),
         )
-        part._training_shard = (int(index), int(num_shards))
-        return part
 
     def __reduce_ex__(self, protocol):
         if self._source_kind == "iterator":
@@ -143,140 +339,6 @@ class GeneratorSequence(Sequence):
             )
         return super().__reduce_ex__(protocol)
 
-    # -- stream ---------------------------------------------------------------
-    def _stream(self) -> Stream:
-        runtime = self._seqify_runtime()
-        with runtime.lock:
-            stream = runtime.extra.get("stream")
-            if stream is None:
-                factory = functools.partial(_make_iterator, self._source_kind, self._source, self._args, self._kwargs)
-                stream = runtime.extra["stream"] = Stream(
-                    factory, self._source_kind != "iterator", self._buffer_size,
-                    name=f"{type(self).__name__}-producer",
-                )
-            return stream
-
-    def _next_raw(self, stream, position, epoch):
-        try:
-            return stream.next()
-        except StreamEnd:
-            if position == 0 and stream.restartable and stream.produced > 0:
-                stream.restart()  # a finite source ended at an epoch boundary: new pass
-                try:
-                    return stream.next()
-                except StreamEnd:
-                    pass
-            raise StreamExhaustedError(
-                f"The generator ran dry after {position} of the {self._num} batches of epoch {epoch} "
-                f"({stream.produced} batches since it last started). seqify never cuts an epoch "
-                f"short: lower `steps_per_epoch` (now {self._num}) to what one epoch can produce, "
-                "or make the generator loop forever (`while True:`)."
-            ) from None
-
-    def _seqify_make_job(self) -> Job:
-        if self._sharded:
-            return Job(
-                transform=self._transform, seed=self.seed,
-                shard_source=(self._source, self._args, self._kwargs),
-                training_shard=getattr(self, "_training_shard", (0, 1)),
-            )
-        # Only the transform travels to workers; the stream stays here.
-        return Job(transform=self._transform, seed=self.seed)
-
-    # -- sharded streams: one generator per worker, interleaved round-robin ----
-    def _shard_state(self):
-        runtime = self._seqify_runtime()
-        with runtime.lock:
-            state = runtime.extra.get("shards")
-            if state is None:
-                state = runtime.extra["shards"] = _ShardState()
-            return state
-
-    def _sharded_tasks(self, epoch, count, state, shards):
-        for _ in range(count):
-            index = state.take_index()
-            # Stream item g always comes from shard g % shards: the
-            # interleaving is fixed by construction, not by timing.
-            yield Task(SHARD, epoch, index, worker=index % shards)
-
-    def _iter_sharded_pass(self):
-        runtime = self._seqify_runtime()
-        epoch = runtime.next_epoch()
-        executor = self._seqify_executor()
-        state = self._shard_state()
-        shards = max(executor.workers, 1)
-        window = max(int(self.max_queue_size), shards, 1)
-
-        def keep(pending):
-            # Items already pulled from shard generators are kept for the
-            # next pass rather than lost.
-            try:
-                for index, _, handle in pending:
-                    state.head.append((index, handle.result()))
-            except BaseException:
-                discard_all(pending)
-
-        served = 0
-        while state.head and served < self._num:
-            yield state.head.popleft()[1]
-            served += 1
-        tasks = self._sharded_tasks(epoch, self._num - served, state, shards)
-        yield from executor.run(self._seqify_make_job, tasks, window, keep)
-
-    def _seqify_iter_pass(self):
-        if self._sharded:
-            return self._iter_sharded_pass()
-        runtime = self._seqify_runtime()
-        epoch = runtime.next_epoch()
-        stream = self._stream()
-
-        def put_back(pending):
-            # Batches already taken from the stream but not consumed go back
-            # to its front, so the next pass starts with them.
-            discard_all(pending)
-            stream.push_front([(index, raw) for index, raw, _ in pending])
-
-        def tasks():
-            for position in range(self._num):
-                index, raw = self._next_raw(stream, position, epoch)
-                yield Task(TRANSFORM, epoch, index, raw)
-
-        if self._transform is None:
-            return self._iter_untransformed(stream, epoch)
-        if self.workers == 0:
-            return ordered(InlinePool(self._seqify_make_job()), tasks(), 1, put_back)
-        executor = self._seqify_executor()
-        window = max(int(self.max_queue_size), executor.workers, 1)
-        return executor.run(self._seqify_make_job, tasks(), window, put_back)
-
-    def _iter_untransformed(self, stream, epoch):
-        # Nothing to parallelize: hand each batch out as it arrives, with no
-        # per-batch machinery beyond the shape check.
-        for position in range(self._num):
-            index, raw = self._next_raw(stream, position, epoch)
-            try:
-                batch = standardize_batch(raw, index)
-            except TypeError:
-                stream.push_front([(index, raw)])
-                raise
-            yield batch
-
-    def _seqify_peek(self):
-        if self._sharded:
-            state = self._shard_state()
-            if not state.head:
-                executor = self._seqify_executor()
-                shards = max(executor.workers, 1)
-                task = next(self._sharded_tasks(0, 1, state, shards))
-                state.head.append((task.index, executor.pool(self._seqify_make_job).submit(task).result()))
-            return [state.head[0][1]]
-        stream = self._stream()
-        first = self._next_raw(stream, 0, 0)
-        try:
-            return [InlinePool(self._seqify_make_job()).submit(Task(TRANSFORM, 0, first[0], first[1])).result()]
-        finally:
-            stream.push_front([first])
-
     def __getitem__(self, index):
         if self._sharded:
             raise TypeError(
@@ -285,10 +347,38 @@ class GeneratorSequence(Sequence):
             )
         if not isinstance(index, (int, np.integer)) or not -self._num <= index < self._num:
             raise IndexError(f"batch index {index!r} out of range for {self._num} batches")
-        position = int(index) % self._num
-        stream = self._stream()
-        item_index, raw = self._next_raw(stream, position, self._seqify_runtime().epoch + 1)
-        return InlinePool(self._seqify_make_job()).submit(Task(TRANSFORM, 0, item_index, raw)).result()
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError(
+                f"A seqify stream ({type(self).__name__}) was indexed in process {os.getpid()}, but its "
+                f"generator runs in process {self._owner_pid}: every process would replay its own copy of "
+                "the stream and train on duplicated batches. This happens when Keras's own PyDataset "
+                "workers drive a seqify object (its `get_data_adapter` was imported before seqify "
+                "loaded). Import seqify before building the model, or iterate the object itself "
+                "(`for batch in ds:`), which runs seqify's workers."
+            )
+        runner = self._runner
+        source = runner.source
+        with runner.lock:
+            expected = runner.cursor.position
+            position = int(index) % self._num
+            if position != expected:
+                raise RuntimeError(
+                    f"A seqify stream ({type(self).__name__}) was asked for batch {position} when its next "
+                    f"batch is {expected}: a stream has no random access, so serving it would reorder the "
+                    "data silently. Something is indexing it in a shuffled or concurrent order, such as "
+                    "Keras's own PyDataset machinery with fit(shuffle=True) or several workers (its "
+                    "`get_data_adapter` was imported before seqify loaded). Pass the object to "
+                    "model.fit after importing seqify, or iterate it (`for batch in ds:`)."
+                )
+            epoch = runner.cursor.epoch
+            item_index, raw = source.next_item(runner.state, position, epoch)
+            runner.cursor = type(runner.cursor)(epoch + (position + 1) // self._num, (position + 1) % self._num)
+        task = Task(TaskKind.TRANSFORM, epoch, item_index, raw)
+        try:
+            return InlinePool(source.make_job()).submit(task).result()
+        except BaseException:
+            source.abandon([(task, NO_HANDLE)], runner.state)
+            raise
 
 
 def _make_iterator(kind, source, args, kwargs):
@@ -308,19 +398,6 @@ def _make_iterator(kind, source, args, kwargs):
         ) from None
 
 
-class _ShardState:
-    """Main-side bookkeeping of a sharded stream."""
-
-    def __init__(self):
-        self.next_index = 0
-        self.head = collections.deque()  # (index, batch) pulled but not yet served
-
-    def take_index(self) -> int:
-        index = self.next_index
-        self.next_index += 1
-        return index
-
-
 def from_generator(
     source,
     *,
@@ -335,6 +412,7 @@ def from_generator(
     seed: Optional[int] = None,
     start_method: Optional[str] = None,
     sharded: bool = False,
+    output_signature=None,
 ) -> GeneratorSequence:
     """Adapts a legacy `fit_generator` generator into a Keras-ready Sequence.
 
@@ -369,6 +447,10 @@ def from_generator(
             shard. Stream item `g` always comes from shard `g % workers`, so
             the interleaving is deterministic. `transform` runs on the same
             worker. Needs `steps_per_epoch`.
+        output_signature: `tf.TensorSpec` structure for the TF backend, or
+            None to infer it from the first batches (read through the
+            push-back buffer: nothing is consumed). Give it when batch shapes
+            vary beyond what the first batches show.
 
     Returns:
         A `seqify.Sequence` (a `keras.utils.PyDataset`).
@@ -394,4 +476,5 @@ def from_generator(
         source, steps_per_epoch=steps_per_epoch, args=args, kwargs=kwargs, transform=transform,
         buffer_size=buffer_size, workers=workers, use_multiprocessing=use_multiprocessing,
         max_queue_size=max_queue_size, seed=seed, start_method=start_method, sharded=sharded,
+        output_signature=output_signature,
     )

@@ -53,16 +53,23 @@ def flat(batches):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("fit_kwargs", FIT_SHUFFLE)
 @pytest.mark.parametrize("workers,use_mp", WORKER_SETTINGS)
-def test_fit_trains_every_sample_once_per_epoch_in_order(sample_model, workers, use_mp, fit_kwargs):
+def test_fit_trains_every_sample_once_per_epoch_in_fits_order(sample_model, workers, use_mp, fit_kwargs):
     x, y = samples()
-    with seqify.from_arrays(x, y, batch_size=4, workers=workers, use_multiprocessing=use_mp) as ds:
+    with seqify.from_arrays(x, y, batch_size=4, seed=9, workers=workers, use_multiprocessing=use_mp) as ds:
         sample_model.fit(ds, epochs=2, verbose=0, **fit_kwargs)
-    assert epochs_of(sample_model.train_batches, 3) == [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]] * 2
+    epochs = epochs_of(sample_model.train_batches, 3)
+    if fit_kwargs.get("shuffle", True):  # fit's default shuffles samples, as Keras does for arrays
+        for epoch, batches in enumerate(epochs):
+            perm = np.random.default_rng([9, epoch, 2]).permutation(N)
+            assert batches == [perm[0:4].tolist(), perm[4:8].tolist(), perm[8:10].tolist()]
+        assert epochs[0] != epochs[1]
+    else:
+        assert epochs == [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]] * 2
 
 
 def test_last_partial_batch_is_kept(sample_model):
     x, y = samples()
-    with seqify.from_arrays(x, y, batch_size=4) as ds:
+    with seqify.from_arrays(x, y, batch_size=4, shuffle=False) as ds:
         assert len(ds) == 3
         sample_model.fit(ds, epochs=1, verbose=0)
     assert [len(b) for b in sample_model.train_batches] == [4, 4, 2]
@@ -71,7 +78,7 @@ def test_last_partial_batch_is_kept(sample_model):
 
 def test_drop_remainder_drops_the_last_partial_batch(sample_model):
     x, y = samples()
-    with seqify.from_arrays(x, y, batch_size=4, drop_remainder=True) as ds:
+    with seqify.from_arrays(x, y, batch_size=4, drop_remainder=True, shuffle=False) as ds:
         assert len(ds) == 2
         sample_model.fit(ds, epochs=2, verbose=0)
     assert sample_model.train_batches == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
@@ -80,7 +87,7 @@ def test_drop_remainder_drops_the_last_partial_batch(sample_model):
 def test_fit_steps_per_epoch_smaller_than_data_walks_through_the_samples(sample_model):
     x, y = samples(12)
     with seqify.from_arrays(x, y, batch_size=4, workers=2) as ds:
-        sample_model.fit(ds, epochs=4, steps_per_epoch=1, verbose=0)
+        sample_model.fit(ds, epochs=4, steps_per_epoch=1, verbose=0, shuffle=False)
     assert sample_model.train_batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [0, 1, 2, 3]]
 
 
@@ -132,7 +139,7 @@ def test_shuffle_keeps_x_y_and_sample_weight_rows_together(use_mp):
     with seqify.from_arrays(x, y, sw, batch_size=4, shuffle=True, seed=3, workers=2, use_multiprocessing=use_mp) as ds:
         for _ in range(2):
             seen = []
-            for bx, by, bsw in ds._seqify_iter_pass():
+            for bx, by, bsw in ds.iter_epoch():
                 np.testing.assert_array_equal(by[:, 0], bx[:, 0] * 10)
                 np.testing.assert_array_equal(bsw, bx[:, 0] * 100)
                 seen.extend(int(v) for v in bx[:, 0])
@@ -154,7 +161,7 @@ def test_large_batches_from_process_workers_train_every_sample_once(sample_model
 
 def test_dict_inputs_keep_their_structure_through_fit(sample_model):
     x, y = samples()
-    with seqify.from_arrays({"x": x}, y, batch_size=4, workers=2) as ds:
+    with seqify.from_arrays({"x": x}, y, batch_size=4, workers=2, shuffle=False) as ds:
         batch = ds[0]
         assert isinstance(batch[0], dict) and set(batch[0]) == {"x"}
         sample_model.fit(ds, epochs=1, verbose=0)

@@ -105,16 +105,16 @@ def test_evaluate_and_predict_continue_the_stream_where_fit_stopped(model):
 
 def test_iterating_directly_hands_out_consecutive_windows():
     with seqify.from_generator(counting_stream, steps_per_epoch=4, transform=identity, workers=2) as ds:
-        assert first_ids(ds._seqify_iter_pass()) == [0, 1, 2, 3]
-        assert first_ids(ds._seqify_iter_pass()) == [4, 5, 6, 7]
+        assert first_ids(ds.iter_epoch()) == [0, 1, 2, 3]
+        assert first_ids(ds.iter_epoch()) == [4, 5, 6, 7]
 
 
 def test_a_pass_abandoned_midway_loses_no_batch():
     with seqify.from_generator(counting_stream, steps_per_epoch=4, transform=identity, workers=2) as ds:
-        it = ds._seqify_iter_pass()
+        it = ds.iter_epoch()
         assert first_ids([next(it), next(it)]) == [0, 1]
         it.close()  # e.g. the consumer broke out of its loop
-        assert first_ids(ds._seqify_iter_pass()) == [2, 3, 4, 5]
+        assert first_ids(ds.iter_epoch()) == [2, 3, 4, 5]
 
 
 # -- transform on process workers (stream stays in the main process) ---------------------
@@ -123,7 +123,7 @@ def test_a_pass_abandoned_midway_loses_no_batch():
 @pytest.mark.timeout(60)
 def test_transform_runs_on_two_worker_processes_and_output_keeps_stream_order():
     with seqify.from_generator(counting_stream, steps_per_epoch=6, transform=tag_with_pid, workers=2, use_multiprocessing=True) as ds:
-        batches = list(ds._seqify_iter_pass()) + list(ds._seqify_iter_pass())
+        batches = list(ds.iter_epoch()) + list(ds.iter_epoch())
     assert first_ids(batches) == list(range(12))
     pids = {int(b[1][0, 0]) for b in batches}
     assert os.getpid() not in pids
@@ -169,10 +169,10 @@ def test_bad_steps_per_epoch_is_a_value_error(steps):
 def test_generator_running_dry_inside_an_epoch_raises_stream_exhausted_naming_steps_and_count():
     got = []
     with seqify.from_generator(finite_stream, args=(7,), steps_per_epoch=5) as ds:
-        got.append(first_ids(ds._seqify_iter_pass()))
+        got.append(first_ids(ds.iter_epoch()))
         second = []
         with pytest.raises(seqify.StreamExhaustedError) as info:
-            for batch in ds._seqify_iter_pass():
+            for batch in ds.iter_epoch():
                 second.append(first_ids([batch])[0])
         got.append(second)
     assert got == [[0, 1, 2, 3, 4], [5, 6]]
@@ -211,7 +211,7 @@ def test_exception_raised_by_the_generator_itself_reaches_the_caller_after_the_b
     got = []
     with seqify.from_generator(_broken_stream, steps_per_epoch=4, **pipeline) as ds:
         with pytest.raises(OSError, match="the data disk went away"):
-            for batch in ds._seqify_iter_pass():
+            for batch in ds.iter_epoch():
                 got.append(first_ids([batch])[0])
     assert got == [0, 1]
 
@@ -222,7 +222,7 @@ def test_exception_in_transform_reaches_caller_as_itself_with_batch_index(use_mp
     got = []
     with seqify.from_generator(counting_stream, steps_per_epoch=5, transform=transform_that_fails, workers=2, use_multiprocessing=use_mp) as ds:
         with pytest.raises(ValueError) as info:
-            for batch in ds._seqify_iter_pass():
+            for batch in ds.iter_epoch():
                 got.append(first_ids([batch])[0])
     exc = info.value
     assert type(exc) is ValueError

@@ -90,7 +90,7 @@ def main():
             ))
         finally:
             keras.distribution.set_distribution(None)
-    from seqify.engine.process_pool import default_start_method
+    from seqify.start_methods import default_start_method
 
     summary = {"backend": backend, "start_method": default_start_method(), "results": results}
     print("RESULT " + json.dumps(summary))

@@ -43,12 +43,12 @@ def threads_named(prefix):
 
 
 def pool_of(ds):
-    executor = ds._seqify_runtime().executor
-    return executor.running_pool if executor is not None else None
+    runner = ds.__dict__.get("_seqify_runner")
+    return runner.running_pool if runner is not None else None
 
 
 def epoch(ds):
-    return list(ds._seqify_iter_pass())
+    return list(ds.iter_epoch())
 
 
 def ids(batches):

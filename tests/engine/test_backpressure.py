@@ -19,7 +19,7 @@ def _max_in_flight(ds, consume_seconds):
     processes); the consumer notes when it received it.
     """
     started, received = {}, {}
-    for (row,) in ds._seqify_iter_pass():
+    for (row,) in ds.iter_epoch():
         received[int(row[0])] = time.monotonic()
         started[int(row[0])] = float(row[1])
         time.sleep(consume_seconds)
@@ -49,7 +49,7 @@ def test_batches_in_flight_never_exceed_max_of_queue_size_and_workers(kind, work
 @pytest.mark.timeout(60)
 def test_process_pool_holds_at_most_the_window_of_results(closing):
     ds = closing(seqify.from_batch_fn(wf.shm_sized_batch, 12, max_queue_size=2, **KINDS["fork"]))
-    for _ in ds._seqify_iter_pass():
+    for _ in ds.iter_epoch():
         time.sleep(0.02)
         pool = pool_of(ds)
         # tasks still at a worker + results received but not yet handed out
@@ -80,7 +80,7 @@ def test_stream_producer_runs_ahead_by_at_most_buffer_size(workers, closing):
     window = max(max_queue_size, workers) if workers else 1
     consumed = 0
     peak = 0
-    for _ in ds._seqify_iter_pass():
+    for _ in ds.iter_epoch():
         consumed += 1
         time.sleep(0.02)
         with lock:

@@ -37,7 +37,7 @@ def test_dead_worker_ends_the_epoch_with_worker_died_error(how, kind, closing, t
     pids, prefix = list(pool.pids), pool.shm_prefix
     flag.touch()  # epoch 1: batch 3 kills its worker
     got = []
-    it = ds._seqify_iter_pass()
+    it = ds.iter_epoch()
 
     start = time.monotonic()
     with pytest.raises(seqify.WorkerDiedError) as info:

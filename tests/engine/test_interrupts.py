@@ -34,11 +34,11 @@ SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         ds = seqify.from_batch_fn(batch, 8, workers=2, use_multiprocessing=True,
                                   max_queue_size=4, start_method=sys.argv[1])
-        list(ds._seqify_iter_pass())
-        print("PIDS", *ds._seqify_runtime().executor.running_pool.pids, flush=True)
+        list(ds.iter_epoch())
+        print("PIDS", *ds._runner.running_pool.pids, flush=True)
         if sys.argv[2] == "idle":
             time.sleep(120)
-        for _ in ds._seqify_iter_pass():
+        for _ in ds.iter_epoch():
             pass
         print("EPOCH-1-DONE", flush=True)
     """
@@ -60,9 +60,9 @@ STUCK_SCRIPT = textwrap.dedent(
     if __name__ == "__main__":
         ds = seqify.from_batch_fn(batch, 50, workers=1, use_multiprocessing=True,
                                   max_queue_size=20, start_method=sys.argv[1])
-        it = ds._seqify_iter_pass()
+        it = ds.iter_epoch()
         next(it)
-        print("PIDS", *ds._seqify_runtime().executor.running_pool.pids, flush=True)
+        print("PIDS", *ds._runner.running_pool.pids, flush=True)
         time.sleep(120)
     """
 )

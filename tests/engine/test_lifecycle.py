@@ -76,7 +76,7 @@ def test_fit_evaluate_and_predict_reuse_the_same_workers(kind, closing, model, t
     else:
         workers = {t.ident for t in threads_named("BatchFnSequence")}
 
-    model.fit(ds, epochs=2, verbose=0)
+    model.fit(ds, epochs=2, verbose=0, shuffle=False)
     model.evaluate(ds, verbose=0)
     model.predict(ds, verbose=0)
 
@@ -239,7 +239,7 @@ def _resources():
 def _epoch_ids_dropping_batches(ds):
     """One epoch; each batch is dropped as soon as it is read (as fit does)."""
     seen = []
-    for batch in ds._seqify_iter_pass():
+    for batch in ds.iter_epoch():
         seen.append(ids([batch])[0])
         del batch
     return seen

@@ -86,12 +86,12 @@ def test_kept_batches_are_never_overwritten_by_later_batches(closing):
     ds = closing(seqify.from_batch_fn(wf.large_epoch_batch, 4, **KINDS["fork"]))
     kept = epoch(ds)  # epoch 0, kept
     for _ in range(6):  # later epochs, dropped at once: their slots get recycled
-        for batch in ds._seqify_iter_pass():
+        for batch in ds.iter_epoch():
             del batch
     part = kept[2][0][5:7, ::3]  # a view that outlives its batch
     del kept[2]
     for _ in range(3):
-        for batch in ds._seqify_iter_pass():
+        for batch in ds.iter_epoch():
             del batch
     for i, (x,) in zip([0, 1, 3], kept):
         np.testing.assert_array_equal(x, wf.large_epoch_value(0, i))
@@ -114,7 +114,7 @@ def test_fit_trains_on_every_shared_memory_batch_with_its_own_values(model, clos
     # converted and prefetched it: a shared-memory segment reused too early
     # would show up there as a wrong batch id.
     ds = closing(seqify.from_batch_fn(wf.large_keras_batch, 12, max_queue_size=4, **KINDS["fork"]))
-    model.fit(ds, epochs=3, verbose=0)
+    model.fit(ds, epochs=3, verbose=0, shuffle=False)
     assert model.trained == list(range(12)) * 3
     predictions = model.predict(ds, verbose=0)
     assert model.predicted == list(range(12))

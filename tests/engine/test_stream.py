@@ -105,7 +105,7 @@ def test_push_front_puts_items_back_in_their_order():
 def test_abandoned_epoch_resumes_with_the_first_unconsumed_batch(kind, closing):
     ds = closing(seqify.from_generator(Source(), steps_per_epoch=5, max_queue_size=3, **SETTINGS[kind]))
     taken = []
-    for batch in ds._seqify_iter_pass():
+    for batch in ds.iter_epoch():
         taken.append(batch)
         if len(taken) == 2:
             break  # the consumer stops early (like an interrupted fit)
@@ -118,7 +118,7 @@ def test_abandoned_epoch_resumes_with_the_first_unconsumed_batch(kind, closing):
 @pytest.mark.parametrize("kind", list(SETTINGS))
 def test_explicitly_closed_epoch_iterator_loses_no_batch(kind, closing):
     ds = closing(seqify.from_generator(Source(), steps_per_epoch=6, max_queue_size=4, **SETTINGS[kind]))
-    it = ds._seqify_iter_pass()
+    it = ds.iter_epoch()
     first = [next(it) for _ in range(3)]
     time.sleep(0.1)  # let the producer and workers run ahead
     it.close()
@@ -155,7 +155,7 @@ def test_finite_generator_ending_mid_epoch_raises_stream_exhausted(closing):
     assert ids(epoch(ds)) == [0, 1, 2]
     taken = []
     with pytest.raises(seqify.StreamExhaustedError, match="steps_per_epoch"):
-        for batch in ds._seqify_iter_pass():
+        for batch in ds.iter_epoch():
             taken.append(batch)
     assert ids(taken) == [3, 4]
 
@@ -176,7 +176,7 @@ def test_batches_yielded_before_a_generator_error_are_delivered_first(kind, clos
     ds = closing(seqify.from_generator(Source(fail_after=2), steps_per_epoch=5, **SETTINGS[kind]))
     taken = []
     with pytest.raises(wf.UserBoom):
-        for batch in ds._seqify_iter_pass():
+        for batch in ds.iter_epoch():
             taken.append(batch)
     assert ids(taken) == [0, 1]
 
@@ -250,7 +250,7 @@ def test_large_items_of_an_abandoned_epoch_leave_no_shared_memory_behind(closing
             i += 1
 
     ds = closing(seqify.from_generator(gen, steps_per_epoch=6, max_queue_size=4, **SETTINGS["processes"]))
-    it = ds._seqify_iter_pass()
+    it = ds.iter_epoch()
     assert ids([next(it), next(it)]) == [0, 1]
     it.close()
     assert ids(epoch(ds)) == [2, 3, 4, 5, 6, 7]
@@ -277,7 +277,7 @@ def test_close_after_an_abandoned_epoch_of_pipe_sized_items_does_not_hang(closin
             use_multiprocessing=True, start_method="fork", max_queue_size=10,
         )
     )
-    it = ds._seqify_iter_pass()
+    it = ds.iter_epoch()
     assert ids([next(it)]) == [0]
     time.sleep(1.0)  # the worker and the sender fill both directions of the pipe
     it.close()

@@ -1,0 +1,227 @@
+"""`EpochRunner`: runs the passes of one seqify object in this process.
+
+It owns what a pass needs and nothing a pickle should carry:
+- the epoch cursor (which epoch comes next, and where in it a pass starts),
+- the worker pool (started lazily, reused across passes and across
+  fit/evaluate/predict, replaced when the settings change or a worker died),
+- the source's per-process state (a stream's producer, items read ahead),
+- typed caches (the tf.data signature).
+
+A pass is `iter_epoch()`: the source's tasks go through the ordered window
+(`seqify.engine.window`) on the pool, and batches come out in the source's
+order. A pass stopped early hands its undelivered work back to the source.
+"""
+
+import dataclasses
+import logging
+import threading
+from typing import Callable, Iterator, Optional
+
+from seqify.engine import errors
+from seqify.engine.inline_pool import InlinePool
+from seqify.engine.shm_transport import MAX_SLOTS
+from seqify.engine.thread_pool import ThreadPool
+from seqify.engine.window import ordered
+from seqify.settings import AUTO, Settings
+from seqify.source import NO_HANDLE, Pass, Source
+
+logger = logging.getLogger("seqify")
+
+
+@dataclasses.dataclass
+class Cursor:
+    """Where the next pass starts: `position` within `epoch`."""
+
+    epoch: int = 0
+    position: int = 0
+
+
+class EpochRunner:
+    """Runs passes of `source` under `settings` (see module docstring).
+
+    Args:
+        source: the object's `seqify.source.Source`.
+        settings: the object's `seqify.settings.Settings`; replace it with
+            `update_settings`.
+        name: names the worker threads/processes.
+    """
+
+    def __init__(self, source: Source, settings: Settings, name: str = "seqify"):
+        self.source = source
+        self.settings = settings
+        self.name = name
+        self.lock = threading.RLock()
+        self.cursor = Cursor()
+        self.state = source.make_state()
+        self.signatures = {}  # class_weight given (bool) -> tf.data signature
+        self._pool = None
+        self._pool_key = None
+        self._resolved = None  # (workers, use_multiprocessing) once "auto" is measured
+
+    # -- settings and pool ---------------------------------------------------
+    def update_settings(self, settings: Settings) -> None:
+        with self.lock:
+            if settings.pool_key() != self.settings.pool_key():
+                self._resolved = None
+            self.settings = settings
+
+    def workers(self):
+        """`(workers, use_multiprocessing)` in force (after "auto" is resolved)."""
+        settings = self.settings
+        if settings.workers != AUTO:
+            return settings.workers, settings.uses_processes
+        if self._resolved is None:
+            from seqify.check import choose_workers
+
+            workers, use_mp, reason = choose_workers(self)
+            self._resolved = (workers, use_mp and workers > 0)
+            logger.info("seqify: workers=\"auto\" chose workers=%d, use_multiprocessing=%s (%s)", workers, use_mp, reason)
+        return self._resolved
+
+    @property
+    def running_pool(self):
+        return self._pool
+
+    def pool(self):
+        """The running pool for the current settings, started if needed."""
+        with self.lock:
+            workers, use_mp = self.workers()
+            key = (workers, use_mp, self.settings.start_method, self.settings.max_queue_size)
+            if self._pool is not None and self._pool_key != key:
+                self._close_pool()
+            if self._pool is None:
+                job = self.source.make_job()
+                if workers == 0:
+                    pool = InlinePool(job)
+                elif use_mp:
+                    from seqify.engine.process_pool import ProcessPool
+                    from seqify.start_methods import start_method_for
+
+                    # Recycled result slots per worker: what can be in flight
+                    # to it, plus the batch being consumed and one spare.
+                    slots = min(MAX_SLOTS, -(-max(self.settings.max_queue_size, workers) // workers) + 2)
+                    pool = ProcessPool(job, workers, start_method_for(self.settings.start_method), self.name, max_slots=slots)
+                else:
+                    pool = ThreadPool(job, workers, self.name)
+                self._pool, self._pool_key = pool, key
+            return self._pool
+
+    def _close_pool(self):
+        pool, self._pool, self._pool_key = self._pool, None, None
+        if pool is not None:
+            pool.close()
+
+    def window(self) -> int:
+        workers, _ = self.workers()
+        if workers == 0:
+            return 1  # inline: build each batch when it is asked for
+        return max(self.settings.max_queue_size, workers)
+
+    # -- passes ----------------------------------------------------------------
+    def effective_shuffle(self, requested: Optional[bool], force: bool = False) -> bool:
+        """The object's own `shuffle` if set, else the caller's (fit's), else False.
+
+        `force`: the caller's choice wins (predict's natural order).
+        """
+        if not self.source.reorders:
+            return False
+        own = self.settings.shuffle
+        if own is not None and not force:
+            return own
+        return bool(requested)
+
+    def _claim_pass(self, shuffle: bool) -> Pass:
+        with self.lock:
+            cursor = self.cursor
+            workers = self.workers()[0] if self.source.parallel else 0
+            plan = Pass(cursor.epoch, cursor.position, shuffle, workers)
+            if self.source.num_batches() is not None:
+                # A finite pass owns its epoch from the start, so that a
+                # concurrent pass (validation on the same object) gets the next.
+                self.cursor = Cursor(cursor.epoch + 1, 0)
+            return plan
+
+    def _finish_pass(self, plan: Pass, served: int, completed: bool) -> None:
+        with self.lock:
+            if self.source.num_batches() is None:
+                # Infinite: the next pass continues with the next index.
+                if self.cursor == Cursor(plan.epoch, plan.start):
+                    self.cursor = Cursor(plan.epoch, plan.start + served)
+            elif served == 0 and not completed and self.cursor == Cursor(plan.epoch + 1, 0):
+                # Nothing was delivered: the epoch was not used.
+                self.cursor = Cursor(plan.epoch, plan.start)
+
+    def iter_epoch(self, shuffle: Optional[bool] = None, *, force: bool = False) -> Iterator:
+        """One pass: the source's batches, in order, built by the workers.
+
+        Args:
+            shuffle: the caller's wish (fit's `shuffle`); the object's own
+                `shuffle` wins when set, unless `force`.
+        """
+        plan = self._claim_pass(self.effective_shuffle(shuffle, force))
+        served = 0
+        completed = False
+        try:
+            if not self.source.parallel:
+                batches = self._inline(plan)
+            else:
+                batches = self._parallel(plan)
+            for batch in batches:
+                served += 1
+                yield batch
+            completed = True
+        finally:
+            self._finish_pass(plan, served, completed)
+
+    def _parallel(self, plan: Pass):
+        pool = self.pool()
+        if getattr(pool, "use_multiprocessing", False) and self.source.reship():
+            # Epoch hooks may have changed state that process workers hold
+            # a copy of; re-ship it. Sources without hooks never pay this.
+            pool.update(self.source.make_job())
+        check = getattr(pool, "check", None)
+        if check is not None:
+            check()  # a worker that died between passes is reported as such
+        try:
+            yield from ordered(pool, self.source.tasks(plan, self.state), self.window(), self._abandon)
+        except errors.WorkerDiedError:
+            with self.lock:
+                if self._pool is pool:
+                    self._close_pool()
+            raise
+
+    def _inline(self, plan: Pass):
+        # Nothing to parallelize (an untransformed stream): no window, no
+        # handles, just the job on this thread.
+        run = self.source.make_job().run
+        for task in self.source.tasks(plan, self.state):
+            try:
+                batch = run(task)
+            except BaseException:
+                self._abandon([(task, NO_HANDLE)])  # a stream keeps the item
+                raise
+            yield batch
+
+    def _abandon(self, pending) -> None:
+        self.source.abandon(pending, self.state)
+
+    def sample_batches(self, count: int) -> list:
+        """The first `count` batches, consuming nothing.
+
+        Built on this thread, except for sources whose samples must come
+        from the workers (sharded streams keep them for the next pass).
+        """
+        with self.lock:
+            tasks = self.source.sample_tasks(count, self.state, self.workers()[0] if self.source.samples_on_pool else 0)
+            pool = self.pool() if self.source.samples_on_pool else InlinePool(self.source.make_job())
+            batches = [pool.submit(task).result() for task in tasks]
+            self.source.sampled(tasks, batches, self.state)
+            return batches
+
+    def close(self) -> None:
+        """Stops the pool and the source's threads; the runner stays usable."""
+        with self.lock:
+            self._close_pool()
+            close = getattr(self.state, "close", None)
+            if close is not None:
+                close()  # streams keep what they buffered; none is lost
