@@ -32,7 +32,7 @@ def test_class_weight_becomes_per_sample_weights():
     model = WeightRecorder()
     model.compile("sgd", "mse", run_eagerly=True)
     with seqify.from_batch_fn(_labels_batch, 2, workers=2) as ds:
-        model.fit(ds, epochs=1, class_weight={0: 1.0, 1: 3.0}, verbose=0)
+        model.fit(ds, epochs=1, class_weight={0: 1.0, 1: 3.0}, verbose=0, shuffle=False)
     assert model.weights_seen == [[1.0, 3.0, 3.0, 1.0]] * 2
 
 
@@ -46,7 +46,7 @@ def test_class_weight_with_batches_that_carry_sample_weight_is_an_error():
 
     with seqify.from_batch_fn(with_weights, 2) as ds:
         with pytest.raises(ValueError, match="class_weight"):
-            model.fit(ds, epochs=1, class_weight={0: 1.0, 1: 3.0}, verbose=0)
+            model.fit(ds, epochs=1, class_weight={0: 1.0, 1: 3.0}, verbose=0, shuffle=False)
 
 
 def test_batch_sample_weights_reach_the_model():
@@ -56,7 +56,7 @@ def test_batch_sample_weights_reach_the_model():
     y = np.zeros((4, 1), "float32")
     sw = np.array([1, 2, 3, 4], "float32")
     with seqify.from_arrays(x, y, sw, batch_size=2) as ds:
-        model.fit(ds, epochs=1, verbose=0)
+        model.fit(ds, epochs=1, verbose=0, shuffle=False)
     assert model.weights_seen == [[1.0, 2.0], [3.0, 4.0]]
 
 
@@ -65,5 +65,5 @@ def test_y_argument_with_a_seqify_object_is_rejected_clearly():
     model.compile("sgd", "mse")
     with seqify.from_batch_fn(_labels_batch, 2) as ds:
         with pytest.raises(ValueError, match="`y` should not be passed"):
-            model.fit(ds, np.zeros(8), verbose=0)
+            model.fit(ds, np.zeros(8), verbose=0, shuffle=False)
 

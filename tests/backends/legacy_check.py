@@ -39,7 +39,7 @@ def run(name, make, fit_kwargs, expected):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with make() as data:
-            model.fit(data, epochs=2, verbose=0, **fit_kwargs)
+            model.fit(data, epochs=2, verbose=0, **fit_kwargs, shuffle=False)
             settings = [data.workers, data.use_multiprocessing]
     own = [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
     return {"case": name, "ok": model.seen == expected and not own, "seen": model.seen, "warnings": own, "settings": settings}
