@@ -44,7 +44,6 @@ _LAZY = {
     "from_batch_fn": ("seqify.adapters.batch_fn", "from_batch_fn"),
     "from_arrays": ("seqify.adapters.arrays", "from_arrays"),
     "from_generator": ("seqify.adapters.generator", "from_generator"),
-    "check": ("seqify.check", "check"),
     "callbacks": ("seqify.callbacks", None),
     "locks": ("seqify.locks", None),
     "worker_info": ("seqify.engine.worker_info", "worker_info"),
