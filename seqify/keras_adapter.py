@@ -13,9 +13,14 @@ fit/evaluate/predict call. It:
 See docs/design.md ("How fit drives a seqify object").
 """
 
+import collections
+import threading
+import weakref
+
 import numpy as np
 
 from seqify import keras_internals as ki
+from seqify.runner import Delivered
 from seqify.threadsafe import ThreadSafeIterator
 
 _sequence_class = None
@@ -29,37 +34,105 @@ class SequenceAdapter(ki.DataAdapter):
         class_weight: `fit`'s class_weight, or None.
         shuffle: `fit`'s shuffle (the object's own `shuffle` wins if set).
         natural: always the natural order (for predict).
+        steps_per_epoch: fit's `steps_per_epoch` (evaluate's `steps`).
+        keras_epochs: Keras's EpochIterator drives this adapter, so its
+            epochs tell how many batches were used (see `_feed`); a plain
+            consumer (`to_tf_dataset`) uses every batch it receives.
     """
 
-    def __init__(self, sequence, class_weight=None, shuffle=False, natural=False):
+    def __init__(self, sequence, class_weight=None, shuffle=False, natural=False, steps_per_epoch=None, keras_epochs=False):
         self.sequence = sequence
         self.class_weight = class_weight
         self.shuffle = shuffle
         self.natural = natural
+        self.steps_per_epoch = steps_per_epoch
+        self.keras_epochs = keras_epochs
         self._within_epoch = False
         self._begin_pending = False
         self._begun = False
+        self._building = False
+        self._lock = threading.Lock()
+        self._feeds = collections.deque()  # live feeds, oldest first
 
-    def _batches(self):
+    def _feed(self, make):
+        """A generator of batches for one Keras iterator, with its ledger.
+
+        Keras's iterators (and tf.data's, tf.distribute's, JAX's prefetch
+        behind them) pull batches ahead of the steps that use them. When
+        Keras drops an iterator, what it pulled and never used goes back to
+        the object (`_retire`), so a stream loses no batch to prefetching.
+        """
+        if not self.keras_epochs:
+            return make(None)
+        feed = _Feed()
+        generator = make(feed)
+        # Fires when Keras drops the iterator (an exhausted generator lives
+        # on until then, held by Keras or by tf.data's generator registry).
+        weakref.finalize(generator, self._dropped, feed)
+        return generator
+
+    def _dropped(self, feed):
+        # Python runs weakref callbacks before a dropped generator's
+        # `finally`; a suspended one retires from there instead, after its
+        # pass has handed back its in-flight work.
+        if feed.exhausted:
+            self._retire(feed)
+
+    def _batches(self, feed=None):
         """One pass of the engine, weighted; a generator started lazily."""
         if ki.building_model(_OWN_CODES):
             # Keras pulls one batch only to build the model's shapes, then
             # drops the iterator: give it a sample so no stream batch is
             # lost and no epoch (or epoch hook) is spent on it.
+            self._building = True
             yield self._weigh(self.sequence._runner.sample_batches(1)[0])
             return
         self._deliver_epoch_begin()
+        runner = self.sequence._runner
+        delivered = None
+        if feed is not None:
+            delivered = feed.delivered
+            feed.capacity = runner.source.num_batches()
+            with self._lock:
+                self._feeds.append(feed)
         if self.natural:
-            batches = self.sequence._runner.iter_epoch(False, force=True)
+            batches = runner.iter_epoch(False, force=True, delivered=delivered)
         else:
-            batches = self.sequence.iter_epoch(shuffle=self.shuffle)
+            batches = runner.iter_epoch(self.shuffle, delivered=delivered)
         try:
             for batch in batches:
                 if self._begin_pending:  # a pass that spans Keras epochs
                     self._deliver_epoch_begin()
                 yield self._weigh(batch)
+            if feed is not None:
+                feed.exhausted = True  # retires when Keras drops it
         finally:
             batches.close()  # give back in-flight work now, not at GC
+            if feed is not None and not feed.exhausted:
+                # Dropped while suspended: the pass has just handed back its
+                # in-flight work; what Keras pulled but did not use goes in
+                # front of it.
+                self._retire(feed)
+
+    def _epoch_steps(self, feed):
+        steps = self.steps_per_epoch or feed.capacity
+        return steps if steps is not None else 0
+
+    def _retire(self, feed):
+        with self._lock:
+            front = bool(self._feeds) and self._feeds[0] is feed
+            if feed in self._feeds:
+                self._feeds.remove(feed)
+            if feed.retired:
+                return
+            feed.retired = True
+            used = feed.credited
+            if front and self._within_epoch:
+                # The epoch in progress may have used up to a full epoch more.
+                used += self._epoch_steps(feed)
+            unused = feed.delivered.count - used
+        if unused > 0 and feed.delivered.plan is not None:
+            self.sequence._runner.give_back(feed.delivered, unused)
 
     def _deliver_epoch_begin(self):
         # The user's hook runs just before the pass that it precedes starts
@@ -80,23 +153,23 @@ class SequenceAdapter(ki.DataAdapter):
             batch = batch + (sw,)
         return batch
 
-    def _numpy_batches(self):
+    def _numpy_batches(self, feed=None):
         # Not Keras's get_numpy_iterator: its per-batch tree map costs more
         # than the rest of seqify's path; batches are almost always numpy.
-        for batch in self._batches():
+        for batch in self._batches(feed):
             yield _as_numpy(batch)
 
     def get_numpy_iterator(self):
-        return self._numpy_batches()
+        return self._feed(self._numpy_batches)
 
     def get_jax_iterator(self):
-        return ki.get_jax_iterator(self._batches())
+        return ki.get_jax_iterator(self._feed(self._batches))
 
     def get_torch_dataloader(self):
-        return ki.get_torch_dataloader(self._batches())
+        return ki.get_torch_dataloader(self._feed(self._batches))
 
-    def _tf_batches(self, check):
-        for batch in self._batches():
+    def _tf_batches(self, check, feed=None):
+        for batch in self._batches(feed):
             check(batch)
             yield batch
 
@@ -106,7 +179,9 @@ class SequenceAdapter(ki.DataAdapter):
         if signature is None:
             signature = output_signature(self.sequence, self.class_weight)
         check = _SignatureCheck(signature, type(self.sequence).__name__)
-        ds = tf.data.Dataset.from_generator(lambda: self._tf_batches(check), output_signature=signature)
+        ds = tf.data.Dataset.from_generator(
+            lambda: self._feed(lambda feed: self._tf_batches(check, feed)), output_signature=signature
+        )
         # seqify's engine already runs ahead in parallel; tf.data's own
         # autotuned threads would only compete with it for the cores. No
         # tf.data prefetch either: batches it pre-pulled would be dropped
@@ -131,9 +206,24 @@ class SequenceAdapter(ki.DataAdapter):
         if self._within_epoch:
             self._within_epoch = False
             self._begin_pending = False
+            self._credit_epoch()
             if self._begun:
                 self._begun = False
                 self.sequence.on_epoch_end()
+
+    def _credit_epoch(self):
+        # Keras's EpochIterator used a full epoch of steps from the iterator
+        # it consumes (the oldest live one); it never spans two iterators.
+        with self._lock:
+            if self._building:  # the model-building pull used nothing
+                self._building = False
+                return
+            if not self._feeds:
+                return
+            feed = self._feeds[0]
+            feed.credited = min(feed.credited + self._epoch_steps(feed), feed.delivered.count)
+            if feed.capacity is not None and feed.credited >= feed.capacity:
+                self._feeds.popleft()  # used up: Keras starts a new iterator
 
     @property
     def num_batches(self):
@@ -150,6 +240,17 @@ class SequenceAdapter(ki.DataAdapter):
     @property
     def partial_batch_size(self):
         return None
+
+
+class _Feed:
+    """Ledger of one Keras iterator: what it delivered and what Keras used."""
+
+    def __init__(self):
+        self.delivered = Delivered()
+        self.capacity = None  # batches of its pass (None: unbounded)
+        self.credited = 0  # batches Keras's finished epochs used
+        self.exhausted = False
+        self.retired = False
 
 
 _OWN_CODES = (
@@ -285,7 +386,10 @@ def _make_adapter(x, arguments):
     # predict() always runs in natural order, whatever the object's own
     # `shuffle`: predictions must line up with the inputs.
     predicting = ki.called_from_predict()
-    return SequenceAdapter(x, class_weight=arguments["class_weight"], shuffle=bool(arguments["shuffle"]), natural=predicting)
+    return SequenceAdapter(
+        x, class_weight=arguments["class_weight"], shuffle=bool(arguments["shuffle"]), natural=predicting,
+        steps_per_epoch=arguments["steps_per_epoch"], keras_epochs=True,
+    )
 
 
 def install(sequence_class) -> None:

@@ -12,6 +12,7 @@ A pass is `iter_epoch()`: the source's tasks go through the ordered window
 order. A pass stopped early hands its undelivered work back to the source.
 """
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -19,6 +20,7 @@ from typing import Callable, Iterator, Optional
 
 from seqify.engine import errors
 from seqify.engine.inline_pool import InlinePool
+from seqify.engine.messages import Task
 from seqify.engine.shm_transport import MAX_SLOTS
 from seqify.engine.thread_pool import ThreadPool
 from seqify.engine.window import ordered
@@ -34,6 +36,31 @@ class Cursor:
 
     epoch: int = 0
     position: int = 0
+
+
+#: How many delivered batches a consumer that pulled ahead can give back.
+#: Far above what Keras or tf.distribute prefetch (1-2 per device).
+GIVE_BACK_LIMIT = 32
+
+
+class Delivered:
+    """The newest batches a pass delivered, as `(task, batch)`, newest last.
+
+    A consumer that pulls ahead of its own consumer (tf.data's and
+    tf.distribute's prefetch, JAX's look-ahead) passes one to `iter_epoch`
+    and can later hand back what was pulled but never used
+    (`EpochRunner.give_back`), so a stream loses nothing.
+    """
+
+    def __init__(self, limit: int = GIVE_BACK_LIMIT):
+        self.entries = collections.deque(maxlen=limit)
+        self.count = 0
+        self.plan = None
+        self.given_back = 0
+
+    def record(self, task, batch) -> None:
+        self.entries.append((task, batch))
+        self.count += 1
 
 
 class EpochRunner:
@@ -151,29 +178,71 @@ class EpochRunner:
                 # Nothing was delivered: the epoch was not used.
                 self.cursor = Cursor(plan.epoch, plan.start)
 
-    def iter_epoch(self, shuffle: Optional[bool] = None, *, force: bool = False) -> Iterator:
+    def iter_epoch(self, shuffle: Optional[bool] = None, *, force: bool = False, delivered: Optional[Delivered] = None) -> Iterator:
         """One pass: the source's batches, in order, built by the workers.
 
         Args:
             shuffle: the caller's wish (fit's `shuffle`); the object's own
                 `shuffle` wins when set, unless `force`.
+            force: the caller's `shuffle` wins over the object's.
+            delivered: records what the pass delivered, for `give_back`.
         """
         plan = self._claim_pass(self.effective_shuffle(shuffle, force))
         served = 0
         completed = False
+        if delivered is not None:
+            delivered.plan = plan
+        submitted = collections.deque()  # items in flight, in delivery order
         try:
             if not self.source.parallel:
-                batches = self._inline(plan)
+                batches = self._inline(plan, submitted)
             else:
-                batches = self._parallel(plan)
+                batches = self._parallel(plan, submitted)
             for batch in batches:
                 served += 1
+                task = submitted.popleft()
+                if delivered is not None:
+                    delivered.record(task, batch if self.source.keeps_batches else None)
                 yield batch
             completed = True
         finally:
             self._finish_pass(plan, served, completed)
 
-    def _parallel(self, plan: Pass):
+    def give_back(self, delivered: Delivered, count: int) -> int:
+        """Hands the last `count` batches of a pass back to the source.
+
+        For batches a consumer pulled but never used: a stream serves them
+        again first, an infinite source's next pass starts at them. A finite
+        random-access pass needs nothing (its epoch is over either way).
+        Call it after the pass ended. Returns how many went back.
+        """
+        with self.lock:
+            count = min(count, delivered.count - delivered.given_back)
+            if count <= 0 or delivered.plan is None:
+                return 0
+            if count > len(delivered.entries):
+                logger.warning(
+                    "seqify: %d batches pulled ahead were not used; only the last %d can be given back.",
+                    count, len(delivered.entries),
+                )
+                count = len(delivered.entries)
+            entries = [delivered.entries.pop() for _ in range(count)][::-1]
+            delivered.given_back += count
+            plan = delivered.plan
+            if self.source.num_batches() is None and self.source.reorders:
+                # An infinite index source continues where its consumer did.
+                if self.cursor.epoch == plan.epoch and self.cursor.position >= plan.start + count:
+                    self.cursor = Cursor(plan.epoch, self.cursor.position - count)
+            else:
+                self.source.give_back(entries, self.state)
+            return count
+
+    def _tracked(self, items, submitted):
+        for item in items:
+            submitted.append(item if type(item) is Task else item.task)
+            yield item
+
+    def _parallel(self, plan: Pass, submitted):
         pool = self.pool()
         if getattr(pool, "use_multiprocessing", False) and self.source.reship():
             # Epoch hooks may have changed state that process workers hold
@@ -183,18 +252,20 @@ class EpochRunner:
         if check is not None:
             check()  # a worker that died between passes is reported as such
         try:
-            yield from ordered(pool, self.source.tasks(plan, self.state), self.window(), self._abandon)
+            items = self._tracked(self.source.tasks(plan, self.state), submitted)
+            yield from ordered(pool, items, self.window(), self._abandon)
         except errors.WorkerDiedError:
             with self.lock:
                 if self._pool is pool:
                     self._close_pool()
             raise
 
-    def _inline(self, plan: Pass):
+    def _inline(self, plan: Pass, submitted):
         # Nothing to parallelize (an untransformed stream): no window, no
         # handles, just the job on this thread.
         run = self.source.make_job().run
         for task in self.source.tasks(plan, self.state):
+            submitted.append(task)
             try:
                 batch = run(task)
             except BaseException:

@@ -56,6 +56,9 @@ class Source(Protocol):
     #: Whether sample tasks must run on the pool (their results are then
     #: real batches the source keeps, see `sampled`).
     samples_on_pool: bool
+    #: Whether batches given back must be kept as built (they cannot be
+    #: rebuilt from their task: a sharded stream's come from the workers).
+    keeps_batches: bool
 
     def num_batches(self) -> Optional[int]:
         """Batches per epoch, or None for an infinite source."""
@@ -80,6 +83,9 @@ class Source(Protocol):
 
     def abandon(self, pending, state) -> None:
         """Takes back `(task, handle)` pairs a stopped pass did not deliver."""
+
+    def give_back(self, entries, state) -> None:
+        """Takes back `(task, batch)` pairs delivered but never used, in order."""
 
 
 def batch_order(seed: int, epoch: int, n: int, shuffle: bool):
@@ -106,6 +112,7 @@ class IndexSource:
     parallel = True
     reorders = True
     samples_on_pool = False
+    keeps_batches = False
 
     def __init__(self, fetch: Callable, num_batches, seed: int, *, shuffles_samples=False, reship=False):
         self._fetch = fetch
@@ -152,6 +159,11 @@ class IndexSource:
 
     def abandon(self, pending, state) -> None:
         discard_all(pending)
+
+    def give_back(self, entries, state) -> None:
+        # Finite: the epoch is over whether or not its tail was used (Keras
+        # semantics). Infinite: the runner moves its cursor back.
+        pass
 
 
 def discard_all(pending) -> None:

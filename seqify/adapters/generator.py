@@ -30,6 +30,7 @@ class StreamSource:
 
     reorders = False
     samples_on_pool = False
+    keeps_batches = False
 
     def __init__(self, make_iterator, restartable, num_batches, transform, seed, buffer_size, name):
         self._make_iterator = make_iterator
@@ -97,6 +98,10 @@ class StreamSource:
         discard_all(pending)
         stream.push_front([(task.index, task.payload) for task, _ in pending])
 
+    def give_back(self, entries, stream: Stream) -> None:
+        # The raw items: `transform` runs again on them, like on any item.
+        stream.push_front([(task.index, task.payload) for task, _ in entries])
+
 
 class _Ready:
     """A batch a sharded stream already read, served like a finished task."""
@@ -137,6 +142,7 @@ class ShardedStreamSource:
     parallel = True
     reorders = False
     samples_on_pool = True
+    keeps_batches = True
 
     def __init__(self, source, args, kwargs, num_batches, transform, seed, training_shard):
         self._source = source
@@ -195,6 +201,9 @@ class ShardedStreamSource:
             discard_all(pending[len(kept):])
         # In stream order, ahead of anything read later.
         state.head.extendleft(reversed(kept))
+
+    def give_back(self, entries, state: ShardState) -> None:
+        state.head.extendleft(reversed([_Ready(task, batch) for task, batch in entries]))
 
 
 class GeneratorSequence(Sequence):

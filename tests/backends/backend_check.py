@@ -64,6 +64,23 @@ def check(name, make, expected_fit, expected_eval, expected_predict):
     return {"case": name, "ok": ok, "fit": fitted, "evaluate": evaluated, "predict": predicted, "warnings": own}
 
 
+def check_spanning_stream(name, **kwargs):
+    """An unbuilt model (Keras pulls a batch to build it) and fit steps that
+    span the object's epochs: Keras keeps its iterator across epochs and
+    drops it, with whatever it pulled ahead, when fit ends."""
+    log = []
+    model = keras.Sequential([Recorder(log), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    with seqify.from_generator(stream, steps_per_epoch=6, **kwargs) as data:
+        model.fit(data, epochs=3, steps_per_epoch=4, verbose=0)
+        fitted = [v for i, v in enumerate(log) if i == 0 or log[i - 1] != v]  # one id per step
+        after = int(next(iter(data.iter_epoch()))[0][0, 0])
+    # Keras: epoch 1 takes 4, epoch 2 the remaining 2 of the object's epoch
+    # (and warns it ran out), epoch 3 takes 4 of a fresh iterator.
+    expected = list(range(10))
+    return {"case": name, "ok": fitted == expected and after == 10, "fit": fitted, "next": after}
+
+
 def main():
     backend = keras.backend.backend()
     results = []
@@ -78,11 +95,18 @@ def main():
             lambda: seqify.from_generator(stream, steps_per_epoch=4, transform=identity, workers=2, use_multiprocessing=mp),
             list(range(8)), list(range(8, 12)), list(range(12, 16)),
         ))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras's own "ran out of data"
+        results.append(check_spanning_stream("stream across fit epochs, unbuilt model, processes",
+                                              workers=2, use_multiprocessing=True, transform=identity))
     if backend == "jax" and len(keras.distribution.list_devices("cpu")) >= 2:
         # Keras 3's own distribution API: data parallel over two CPU devices
         # (XLA_FLAGS=--xla_force_host_platform_device_count=2).
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices("cpu")[:2]))
         try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results.append(check_spanning_stream("jax DataParallel, stream across fit epochs, unbuilt model", workers=2))
             results.append(check(
                 "jax DataParallel over 2 devices, processes",
                 lambda: seqify.from_batch_fn(make_batch, 5, workers=2, use_multiprocessing=True),
