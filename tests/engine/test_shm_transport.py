@@ -1,8 +1,12 @@
 """Shared-memory transport: large arrays cross processes through /dev/shm, once."""
 
 import functools
+import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -149,6 +153,62 @@ def test_small_arrays_from_process_workers_travel_inline(closing):
         assert x.nbytes < INLINE_BYTES
         assert _mapped_file(x) is None
         np.testing.assert_array_equal(x, np.full((8, 8), i, np.float32))
+
+
+# -- a /dev/shm too small for the batches (Docker's default is 64 MB) -------------
+SMALL_SHM = "48m"
+_CHILD = os.path.join(os.path.dirname(__file__), "_small_shm_child.py")
+# Mounts a small tmpfs over /dev/shm in a private mount namespace, then runs the command.
+_MOUNT_THEN = 'mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "$0" "$@"'
+
+
+@pytest.fixture(scope="module")
+def small_shm_namespace():
+    """`run(*argv)` runs argv where /dev/shm is a 48 MB tmpfs of its own; skips where that is impossible."""
+    if os.geteuid() != 0:
+        pytest.skip("a private mount namespace with a small /dev/shm needs root (unshare -m, mount)")
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs util-linux's unshare and mount")
+    base = ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_THEN.format(size=SMALL_SHM)]
+    probe = subprocess.run(base + ["df", "-B1", "--output=size", "/dev/shm"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {probe.stderr.strip()}")
+    assert int(probe.stdout.split()[-1]) == 48 << 20  # the probe saw its own small /dev/shm
+
+    reports = {}
+
+    def run(*argv):
+        # Cached: each behaviour of one run gets its own test without paying for another epoch.
+        if argv in reports:
+            return reports[argv]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(_CHILD)))] + sys.path))
+        done = subprocess.run(base + list(argv), capture_output=True, text=True, timeout=150, env=env)
+        assert done.returncode == 0, f"exit code {done.returncode}; stderr:\n{done.stderr[-4000:]}"
+        reports[argv] = json.loads(done.stdout.strip().splitlines()[-1])
+        return reports[argv]
+
+    return run
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["fork", "spawn"])
+def test_batches_that_do_not_fit_in_a_small_dev_shm_arrive_intact_through_the_pipe(kind, small_shm_namespace):
+    report = small_shm_namespace(sys.executable, _CHILD, kind)
+    assert sorted(report["ids"]) == list(range(8))
+    assert all(report["right_on_arrival"]) and all(report["right_at_end"])
+    # Fewer slots, not none: the first batch of each worker has its slot, the rest take the pipe.
+    assert "shm" in report["via"] and "pipe" in report["via"]
+    assert report["left_in_shm"] == []
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["fork", "spawn"])
+def test_a_small_dev_shm_is_reported_once_with_its_size_and_the_fix(kind, small_shm_namespace):
+    report = small_shm_namespace(sys.executable, _CHILD, kind)
+    assert len(report["warnings"]) == 1, report["warnings"]
+    (message,) = report["warnings"]
+    assert "/dev/shm" in message and "48.0 MiB" in message and "free" in message
+    assert "docker run --shm-size=" in message and "mount" in message
 
 
 # -- Encoder / decode / discard / sweep ------------------------------------------------
