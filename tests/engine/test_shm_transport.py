@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 
+import keras
 import numpy as np
 import pytest
 
@@ -16,7 +17,7 @@ import seqify
 from seqify.engine import shm_transport
 from seqify.engine.shm_transport import INLINE_BYTES, Encoder, ShmArray, decode, discard, sweep
 
-from . import _workfns as wf
+from . import _treefns as tf_, _workfns as wf
 from ._support import KINDS, epoch, pool_of, shm
 
 pytestmark = pytest.mark.skipif(not shm_transport.AVAILABLE, reason="needs /dev/shm")
@@ -153,6 +154,84 @@ def test_small_arrays_from_process_workers_travel_inline(closing):
         assert x.nbytes < INLINE_BYTES
         assert _mapped_file(x) is None
         np.testing.assert_array_equal(x, np.full((8, 8), i, np.float32))
+
+
+# -- every batch structure Keras accepts ------------------------------------------------
+def assert_same_batch(out, expected, path="batch"):
+    """Same types all the way down, same keys in the same order, equal values,
+    and every large array a view of shared memory (not pickled whole)."""
+    assert type(out) is type(expected), f"{path}: {type(out).__name__}, expected {type(expected).__name__}"
+    if isinstance(expected, dict):
+        assert list(out) == list(expected), path
+        for key in expected:
+            assert_same_batch(out[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, (tuple, list)):
+        assert len(out) == len(expected), path
+        for i, (a, b) in enumerate(zip(out, expected)):
+            assert_same_batch(a, b, f"{path}[{i}]")
+    elif isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(out, expected, err_msg=path)
+        if expected.nbytes >= INLINE_BYTES:
+            assert (_mapped_file(out) or "").startswith("/dev/shm/seqify-"), f"{path} was pickled, not sent through shared memory"
+    else:
+        assert out == expected, path
+
+
+def _sent_as(batch):
+    # What the worker sends: a top-level list becomes a tuple, as Keras does.
+    return tuple(batch) if type(batch) is list else batch
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "make,kind",
+    [
+        pytest.param(tf_.namedtuple_batch, "fork", id="namedtuple"),
+        pytest.param(tf_.ordereddict_batch, "fork", id="ordereddict"),
+        pytest.param(tf_.list_batch, "fork", id="list"),
+        pytest.param(tf_.nested_batch, "fork", id="nested-fork"),
+        pytest.param(tf_.nested_batch, "spawn", id="nested-spawn"),
+    ],
+)
+def test_batch_structures_keras_accepts_cross_through_shared_memory_with_their_types(make, kind, closing):
+    ds = closing(seqify.from_batch_fn(make, 3, **KINDS[kind]))
+    batches = epoch(ds)
+    assert len(batches) == 3
+    for i, batch in enumerate(batches):
+        assert_same_batch(batch, _sent_as(make(i)))
+
+
+class _TwoInputs(keras.Model):
+    """Sums a dense layer over each named input; records the id of every batch it trains on."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = keras.layers.Dense(1)
+        self.meta = keras.layers.Dense(1)
+        self.trained = []
+
+    def call(self, x):
+        return self.image(x["image"]) + self.meta(x["meta"])
+
+    def train_step(self, data):
+        x, _ = data
+        image, meta = (np.asarray(x[k]) for k in ("image", "meta"))
+        assert image.shape[1:] == (tf_.FEATURES,) and meta.shape[1:] == (2,)
+        assert float(image.min()) == float(image.max()) == float(meta[0, 0])  # each input belongs to the same batch
+        self.trained.append(int(meta[0, 0]))
+        return super().train_step(data)
+
+
+@pytest.mark.timeout(120)
+def test_fit_trains_a_two_input_model_on_dict_batches_from_shared_memory(closing):
+    model = _TwoInputs()
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    ds = closing(seqify.from_batch_fn(tf_.dict_inputs_batch, 6, **KINDS["fork"]))
+    x, _ = epoch(ds)[0]
+    assert type(x) is type(tf_.dict_inputs_batch(0)[0])
+    assert (_mapped_file(x["image"]) or "").startswith("/dev/shm/seqify-")
+    model.fit(ds, epochs=2, verbose=0, shuffle=False)
+    assert model.trained == list(range(6)) * 2
 
 
 # -- a /dev/shm too small for the batches (Docker's default is 64 MB) -------------
