@@ -439,9 +439,9 @@ def full_message(notice: ShmFull) -> str:
     """The warning for a batch array that did not fit in shared memory."""
     mib = lambda n: f"{n / (1 << 20):.1f} MiB"  # noqa: E731
     return (
-        f"seqify: shared memory ({notice.directory}) is too small for these batches: it is "
+        f"Shared memory ({notice.directory}) is too small for these batches: it is "
         f"{mib(notice.size)} with {mib(notice.free)} free, and an array of {mib(notice.needed)} "
-        "did not fit. Arrays that do not fit now go through the worker's pipe, pickled (slower; "
+        "did not fit. Arrays that do not fit now go through the pipe, pickled (slower; "
         "training goes on, every batch intact). To give shared memory room, start the container "
         "with `docker run --shm-size=1g ...` (or `--ipc=host`), or mount a larger tmpfs on "
         f"{notice.directory} (`mount -o remount,size=1g {notice.directory}`)."

@@ -15,7 +15,7 @@ import pytest
 
 import seqify
 from seqify.engine import shm_transport
-from seqify.engine.shm_transport import INLINE_BYTES, Encoder, ShmArray, decode, discard, sweep
+from seqify.engine.shm_transport import INLINE_BYTES, Encoder, FileSegments, ShmArray, StdlibSegments, decode, discard, select_segments, sweep
 
 from . import _treefns as tf_, _workfns as wf
 from ._support import KINDS, epoch, pool_of, shm
@@ -442,3 +442,29 @@ def test_each_encoded_array_gets_its_own_segment_name(prefix):
     names = [encoder.encode(big).name for _ in range(5)]
     assert len(set(names)) == 5 and all(name.startswith(prefix) for name in names)
     assert sorted(shm(prefix)) == sorted(names)
+
+
+def test_a_recycled_slot_has_all_its_pages_allocated_before_anything_is_written(prefix):
+    # A sparse (ftruncate-only) slot on a full tmpfs is a SIGBUS at the first
+    # write into its mapping; allocated pages make a full tmpfs an ENOSPC up front.
+    encoder = Encoder(prefix, inline_bytes=0, max_slots=1)
+    ref = encoder.encode(np.ones(3 << 20, dtype=np.uint8))
+    assert ref.slot == 0
+    assert os.stat(os.path.join("/dev/shm", ref.name)).st_blocks * 512 >= 3 << 20
+
+
+# -- which segment implementation each Python gets ------------------------------------
+@pytest.mark.parametrize("version", [(3, 13), (3, 13, 0, "final", 0), (3, 14, 2), (4, 0)])
+def test_python_3_13_and_later_create_slots_with_shared_memory_untracked(version):
+    assert select_segments(version) is StdlibSegments
+
+
+@pytest.mark.parametrize("version", [(3, 8), (3, 11, 7), (3, 12, 9, "final", 0)])
+def test_pythons_before_3_13_create_slots_as_files_in_dev_shm(version):
+    assert select_segments(version) is FileSegments
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="checks the path of Pythons before 3.13")
+def test_this_python_exercises_the_hand_written_file_path():
+    assert select_segments() is FileSegments
+    assert type(shm_transport.SEGMENTS) is FileSegments
