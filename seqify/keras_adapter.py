@@ -20,6 +20,7 @@ import weakref
 import numpy as np
 
 from seqify import keras_internals as ki
+from seqify.engine import tree
 from seqify.runner import Delivered
 from seqify.threadsafe import ThreadSafeIterator
 
@@ -260,22 +261,19 @@ _OWN_CODES = (
 )
 
 
-def _as_numpy(tree):
+def _as_numpy(batch):
     """Converts tensor leaves (tf, torch, jax) to numpy; ndarrays pass as is."""
-    kind = type(tree)
-    if kind is np.ndarray:
-        return tree
-    if kind is tuple:
-        return tuple(_as_numpy(leaf) for leaf in tree)
-    if kind is dict:
-        return {key: _as_numpy(leaf) for key, leaf in tree.items()}
-    if kind is list:
-        return [_as_numpy(leaf) for leaf in tree]
-    if tree is None or isinstance(tree, np.ndarray) or not hasattr(tree, "__array__"):
-        return tree
-    if ki.is_torch_tensor(tree):
-        tree = tree.cpu()
-    return np.asarray(tree)
+    if type(batch) is np.ndarray:
+        return batch
+    return tree.map_structure(_leaf_as_numpy, batch)
+
+
+def _leaf_as_numpy(leaf):
+    if leaf is None or isinstance(leaf, np.ndarray) or not hasattr(leaf, "__array__"):
+        return leaf
+    if ki.is_torch_tensor(leaf):
+        leaf = leaf.cpu()
+    return np.asarray(leaf)
 
 
 def output_signature(sequence, class_weight=None):
@@ -327,7 +325,7 @@ class _SignatureCheck:
         self._name = name
         self._paths = []
         self._dims = []
-        for path, spec in _leaves(signature, "batch"):
+        for path, spec in tree.leaves_with_paths(signature, "batch"):
             shape = getattr(spec, "shape", None)
             if isinstance(spec, tf.TensorSpec) and shape is not None and shape.rank is not None:
                 self._paths.append(path)
@@ -341,7 +339,7 @@ class _SignatureCheck:
     def __call__(self, batch):
         index = self._count
         self._count += 1
-        leaves = [leaf for _, leaf in _leaves(batch, "batch")]
+        leaves = tree.leaves(batch)
         if len(leaves) != len(self._dims):
             self._fail(index, f"it has {len(leaves)} arrays where the signature has {len(self._dims)}")
         for leaf, dims, path in zip(leaves, self._dims, self._paths):
@@ -358,17 +356,6 @@ class _SignatureCheck:
             "signature as `output_signature=` (to the constructor or to_tf_dataset), with None for "
             f"every dimension that varies. Inferred: {self._signature}"
         )
-
-
-def _leaves(tree, path):
-    if isinstance(tree, dict):
-        for key in tree:
-            yield from _leaves(tree[key], f"{path}[{key!r}]")
-    elif isinstance(tree, (tuple, list)):
-        for i, value in enumerate(tree):
-            yield from _leaves(value, f"{path}[{i}]")
-    else:
-        yield path, tree
 
 
 # -- the get_data_adapter hook ---------------------------------------------------

@@ -5,29 +5,11 @@ from typing import Optional
 import numpy as np
 
 from seqify.adapters.batch_fn import BatchFnSequence
+from seqify.engine import tree
 from seqify.engine.worker_info import worker_info
 from seqify.sequence import num_batches_for
 from seqify.settings import draw_seed
 from seqify._validation import is_int
-
-
-def _map(fn, tree):
-    if isinstance(tree, dict):
-        return {k: _map(fn, v) for k, v in tree.items()}
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_map(fn, v) for v in tree)
-    return fn(tree)
-
-
-def _leaves(tree, path):
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _leaves(v, f"{path}[{k!r}]")
-    elif isinstance(tree, (tuple, list)):
-        for i, v in enumerate(tree):
-            yield from _leaves(v, f"{path}[{i}]")
-    else:
-        yield path, tree
 
 
 class _ArraySlicer:
@@ -53,8 +35,8 @@ class _ArraySlicer:
         info = worker_info()
         if info is not None and info.shuffled:
             rows = self._permutation(info.epoch)[start:stop]
-            return _map(lambda a: np.take(a, rows, axis=0), self.data)
-        return _map(lambda a: a[start:stop], self.data)
+            return tree.map_structure(lambda a: np.take(a, rows, axis=0), self.data)
+        return tree.map_structure(lambda a: a[start:stop], self.data)
 
 
 def from_arrays(
@@ -75,7 +57,9 @@ def from_arrays(
     """Adapts in-memory arrays into a batched, Keras-ready Sequence.
 
     Args:
-        x: an array, or a dict/tuple/list of arrays (multi-input models).
+        x: an array, or a nest of arrays (multi-input models): dicts,
+            OrderedDicts, tuples, namedtuples, lists, as `keras.tree` walks
+            them; batches keep the same structure and types.
         y: targets, same forms as `x`, or None.
         sample_weight: per-sample weights, or None.
         batch_size: samples per batch (>= 1).
@@ -104,12 +88,12 @@ def from_arrays(
     if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an int >= 1; got {batch_size!r}.")
     parts = [("x", x), ("y", y), ("sample_weight", sample_weight)]
-    parts = [(name, _map(np.asarray, value)) for name, value in parts if value is not None]
+    parts = [(name, tree.map_structure(np.asarray, value)) for name, value in parts if value is not None]
     if x is None:
         raise ValueError("`x` is required: pass an array or a dict/tuple of arrays.")
     lengths = []
     for name, value in parts:
-        for path, leaf in _leaves(value, name):
+        for path, leaf in tree.leaves_with_paths(value, name):
             if leaf.ndim == 0:
                 raise ValueError(f"`{path}` is a scalar; every input needs a leading sample dimension.")
             lengths.append((path, len(leaf)))

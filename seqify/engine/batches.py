@@ -7,7 +7,9 @@ def standardize_batch(batch, index):
     """Returns `batch` as a tuple `(x,)`, `(x, y)`, `(x, y, sw)` or a dict.
 
     A bare ndarray becomes `(x,)` and a list becomes a tuple, as Keras does
-    for PyDataset.
+    for PyDataset. A namedtuple counts as a tuple and a dict subclass
+    (OrderedDict, ...) as a dict; both are returned unchanged, so their types
+    survive the trip (`seqify.engine.tree` walks them).
 
     Raises:
         TypeError: naming the batch index and what was returned instead.

@@ -1,5 +1,7 @@
 """`seqify.from_arrays`: every *sample* exactly once per epoch, batching and errors."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ from conftest import WORKER_SETTINGS, FIT_SHUFFLE, RecordingModel, assert_no_war
 
 N = 10  # samples; with batch_size=4 -> batches of 4, 4 and 2
 FEATURES = 3
+Inputs = collections.namedtuple("Inputs", "image mask")
 
 
 class SampleRecorder(RecordingModel):
@@ -166,6 +169,58 @@ def test_dict_inputs_keep_their_structure_through_fit(sample_model):
         assert isinstance(batch[0], dict) and set(batch[0]) == {"x"}
         sample_model.fit(ds, epochs=1, verbose=0)
     assert sample_model.train_batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def _structured_inputs(kind):
+    ids = np.arange(N, dtype="float32")
+    image, mask = np.repeat(ids[:, None], FEATURES, axis=1), ids[:, None] * 10
+    if kind == "namedtuple":
+        return Inputs(image=image, mask=mask)
+    return collections.OrderedDict([("mask", mask), ("image", image)])
+
+
+def _fields(inputs):
+    """(image, mask) of a namedtuple or an OrderedDict of inputs."""
+    if isinstance(inputs, dict):
+        return inputs["image"], inputs["mask"]
+    return inputs.image, inputs.mask
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["namedtuple", "ordereddict"])
+@pytest.mark.parametrize("use_mp", [False, True], ids=["threads", "processes"])
+def test_namedtuple_and_ordereddict_inputs_are_sliced_into_batches_of_the_same_type(kind, use_mp):
+    x = _structured_inputs(kind)
+    with seqify.from_arrays(x, batch_size=4, shuffle=False, workers=2, use_multiprocessing=use_mp) as ds:
+        batches = list(ds.iter_epoch())
+    assert len(batches) == 3
+    for (bx,), (start, stop) in zip(batches, [(0, 4), (4, 8), (8, 10)]):
+        assert type(bx) is type(x)
+        if kind == "ordereddict":
+            assert list(bx) == ["mask", "image"]
+        image, mask = _fields(bx)
+        np.testing.assert_array_equal(image, _fields(x)[0][start:stop])
+        np.testing.assert_array_equal(mask, np.arange(start, stop, dtype="float32")[:, None] * 10)
+
+
+@pytest.mark.parametrize("kind", ["namedtuple", "ordereddict"])
+def test_shuffled_namedtuple_and_ordereddict_inputs_keep_each_samples_fields_together(kind):
+    x = _structured_inputs(kind)
+    with seqify.from_arrays(x, batch_size=4, shuffle=True, seed=5, workers=2) as ds:
+        seen = []
+        for (bx,) in ds.iter_epoch():
+            assert type(bx) is type(x)
+            image, mask = _fields(bx)
+            np.testing.assert_array_equal(mask[:, 0], image[:, 0] * 10)
+            seen.extend(int(v) for v in image[:, 0])
+    perm = np.random.default_rng([5, 0, 2]).permutation(N)
+    assert seen == perm.tolist()
+
+
+def test_namedtuple_inputs_of_different_lengths_are_a_value_error_naming_each_field():
+    with pytest.raises(ValueError) as info:
+        seqify.from_arrays(Inputs(image=np.zeros((10, 3)), mask=np.zeros((7, 1))), batch_size=4)
+    assert "x[0]: 10" in str(info.value) and "x[1]: 7" in str(info.value)
 
 
 def test_no_warning_from_fit_evaluate_predict_with_a_partial_batch(sample_model):

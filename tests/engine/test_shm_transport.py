@@ -1,18 +1,23 @@
 """Shared-memory transport: large arrays cross processes through /dev/shm, once."""
 
 import functools
+import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import uuid
 
+import keras
 import numpy as np
 import pytest
 
 import seqify
 from seqify.engine import shm_transport
-from seqify.engine.shm_transport import INLINE_BYTES, Encoder, ShmArray, decode, discard, sweep
+from seqify.engine.shm_transport import INLINE_BYTES, Encoder, FileSegments, ShmArray, StdlibSegments, decode, discard, select_segments, sweep
 
-from . import _workfns as wf
+from . import _treefns as tf_, _workfns as wf
 from ._support import KINDS, epoch, pool_of, shm
 
 pytestmark = pytest.mark.skipif(not shm_transport.AVAILABLE, reason="needs /dev/shm")
@@ -149,6 +154,140 @@ def test_small_arrays_from_process_workers_travel_inline(closing):
         assert x.nbytes < INLINE_BYTES
         assert _mapped_file(x) is None
         np.testing.assert_array_equal(x, np.full((8, 8), i, np.float32))
+
+
+# -- every batch structure Keras accepts ------------------------------------------------
+def assert_same_batch(out, expected, path="batch"):
+    """Same types all the way down, same keys in the same order, equal values,
+    and every large array a view of shared memory (not pickled whole)."""
+    assert type(out) is type(expected), f"{path}: {type(out).__name__}, expected {type(expected).__name__}"
+    if isinstance(expected, dict):
+        assert list(out) == list(expected), path
+        for key in expected:
+            assert_same_batch(out[key], expected[key], f"{path}[{key!r}]")
+    elif isinstance(expected, (tuple, list)):
+        assert len(out) == len(expected), path
+        for i, (a, b) in enumerate(zip(out, expected)):
+            assert_same_batch(a, b, f"{path}[{i}]")
+    elif isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(out, expected, err_msg=path)
+        if expected.nbytes >= INLINE_BYTES:
+            assert (_mapped_file(out) or "").startswith("/dev/shm/seqify-"), f"{path} was pickled, not sent through shared memory"
+    else:
+        assert out == expected, path
+
+
+def _sent_as(batch):
+    # What the worker sends: a top-level list becomes a tuple, as Keras does.
+    return tuple(batch) if type(batch) is list else batch
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "make,kind",
+    [
+        pytest.param(tf_.namedtuple_batch, "fork", id="namedtuple"),
+        pytest.param(tf_.ordereddict_batch, "fork", id="ordereddict"),
+        pytest.param(tf_.list_batch, "fork", id="list"),
+        pytest.param(tf_.nested_batch, "fork", id="nested-fork"),
+        pytest.param(tf_.nested_batch, "spawn", id="nested-spawn"),
+    ],
+)
+def test_batch_structures_keras_accepts_cross_through_shared_memory_with_their_types(make, kind, closing):
+    ds = closing(seqify.from_batch_fn(make, 3, **KINDS[kind]))
+    batches = epoch(ds)
+    assert len(batches) == 3
+    for i, batch in enumerate(batches):
+        assert_same_batch(batch, _sent_as(make(i)))
+
+
+class _TwoInputs(keras.Model):
+    """Sums a dense layer over each named input; records the id of every batch it trains on."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = keras.layers.Dense(1)
+        self.meta = keras.layers.Dense(1)
+        self.trained = []
+
+    def call(self, x):
+        return self.image(x["image"]) + self.meta(x["meta"])
+
+    def train_step(self, data):
+        x, _ = data
+        image, meta = (np.asarray(x[k]) for k in ("image", "meta"))
+        assert image.shape[1:] == (tf_.FEATURES,) and meta.shape[1:] == (2,)
+        assert float(image.min()) == float(image.max()) == float(meta[0, 0])  # each input belongs to the same batch
+        self.trained.append(int(meta[0, 0]))
+        return super().train_step(data)
+
+
+@pytest.mark.timeout(120)
+def test_fit_trains_a_two_input_model_on_dict_batches_from_shared_memory(closing):
+    model = _TwoInputs()
+    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+    ds = closing(seqify.from_batch_fn(tf_.dict_inputs_batch, 6, **KINDS["fork"]))
+    x, _ = epoch(ds)[0]
+    assert type(x) is type(tf_.dict_inputs_batch(0)[0])
+    assert (_mapped_file(x["image"]) or "").startswith("/dev/shm/seqify-")
+    model.fit(ds, epochs=2, verbose=0, shuffle=False)
+    assert model.trained == list(range(6)) * 2
+
+
+# -- a /dev/shm too small for the batches (Docker's default is 64 MB) -------------
+SMALL_SHM = "48m"
+_CHILD = os.path.join(os.path.dirname(__file__), "_small_shm_child.py")
+# Mounts a small tmpfs over /dev/shm in a private mount namespace, then runs the command.
+_MOUNT_THEN = 'mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "$0" "$@"'
+
+
+@pytest.fixture(scope="module")
+def small_shm_namespace():
+    """`run(*argv)` runs argv where /dev/shm is a 48 MB tmpfs of its own; skips where that is impossible."""
+    if os.geteuid() != 0:
+        pytest.skip("a private mount namespace with a small /dev/shm needs root (unshare -m, mount)")
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs util-linux's unshare and mount")
+    base = ["unshare", "-m", "--propagation", "private", "sh", "-c", _MOUNT_THEN.format(size=SMALL_SHM)]
+    probe = subprocess.run(base + ["df", "-B1", "--output=size", "/dev/shm"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {probe.stderr.strip()}")
+    assert int(probe.stdout.split()[-1]) == 48 << 20  # the probe saw its own small /dev/shm
+
+    reports = {}
+
+    def run(*argv):
+        # Cached: each behaviour of one run gets its own test without paying for another epoch.
+        if argv in reports:
+            return reports[argv]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(os.path.dirname(_CHILD)))] + sys.path))
+        done = subprocess.run(base + list(argv), capture_output=True, text=True, timeout=150, env=env)
+        assert done.returncode == 0, f"exit code {done.returncode}; stderr:\n{done.stderr[-4000:]}"
+        reports[argv] = json.loads(done.stdout.strip().splitlines()[-1])
+        return reports[argv]
+
+    return run
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["fork", "spawn"])
+def test_batches_that_do_not_fit_in_a_small_dev_shm_arrive_intact_through_the_pipe(kind, small_shm_namespace):
+    report = small_shm_namespace(sys.executable, _CHILD, kind)
+    assert sorted(report["ids"]) == list(range(8))
+    assert all(report["right_on_arrival"]) and all(report["right_at_end"])
+    # Fewer slots, not none: the slots that fit (two of 19 MiB) carry batches, the rest take the pipe.
+    assert "shm" in report["via"] and "pipe" in report["via"]
+    assert report["left_in_shm"] == []
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["fork", "spawn"])
+def test_a_small_dev_shm_is_reported_once_with_its_size_and_the_fix(kind, small_shm_namespace):
+    report = small_shm_namespace(sys.executable, _CHILD, kind)
+    assert len(report["warnings"]) == 1, report["warnings"]
+    (message,) = report["warnings"]
+    assert "/dev/shm" in message and "48.0 MiB" in message and "free" in message
+    assert "docker run --shm-size=" in message and "mount" in message
 
 
 # -- Encoder / decode / discard / sweep ------------------------------------------------
@@ -303,3 +442,29 @@ def test_each_encoded_array_gets_its_own_segment_name(prefix):
     names = [encoder.encode(big).name for _ in range(5)]
     assert len(set(names)) == 5 and all(name.startswith(prefix) for name in names)
     assert sorted(shm(prefix)) == sorted(names)
+
+
+def test_a_recycled_slot_has_all_its_pages_allocated_before_anything_is_written(prefix):
+    # A sparse (ftruncate-only) slot on a full tmpfs is a SIGBUS at the first
+    # write into its mapping; allocated pages make a full tmpfs an ENOSPC up front.
+    encoder = Encoder(prefix, inline_bytes=0, max_slots=1)
+    ref = encoder.encode(np.ones(3 << 20, dtype=np.uint8))
+    assert ref.slot == 0
+    assert os.stat(os.path.join("/dev/shm", ref.name)).st_blocks * 512 >= 3 << 20
+
+
+# -- which segment implementation each Python gets ------------------------------------
+@pytest.mark.parametrize("version", [(3, 13), (3, 13, 0, "final", 0), (3, 14, 2), (4, 0)])
+def test_python_3_13_and_later_create_slots_with_shared_memory_untracked(version):
+    assert select_segments(version) is StdlibSegments
+
+
+@pytest.mark.parametrize("version", [(3, 8), (3, 11, 7), (3, 12, 9, "final", 0)])
+def test_pythons_before_3_13_create_slots_as_files_in_dev_shm(version):
+    assert select_segments(version) is FileSegments
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="checks the path of Pythons before 3.13")
+def test_this_python_exercises_the_hand_written_file_path():
+    assert select_segments() is FileSegments
+    assert type(shm_transport.SEGMENTS) is FileSegments
