@@ -54,8 +54,13 @@ THREADS_HELP = 1.3
 #: for it (pure-Python work measures ~1.0; numpy sorts, BLAS, sleeps and I/O
 #: 0.0-0.3, even on a machine busy with other work).
 GIL_HELD = 0.5
-#: Seconds the GIL probe runs.
-GIL_PROBE_SECONDS = 0.3
+#: ... or at least this share, when 2 threads were also no faster than
+#: THREADS_HELP (a busy machine can make a probe find the GIL free while
+#: the builder thread is merely waiting to be scheduled).
+GIL_HELD_SLOW_THREADS = 0.2
+#: Seconds the GIL probe runs, in GIL_SEGMENTS parts (the share is their median).
+GIL_PROBE_SECONDS = 0.4
+GIL_SEGMENTS = 5
 #: Processes are preferred over threads that help only if this much faster.
 PROCESSES_BETTER = 1.25
 #: Process workers are not worth it when moving a batch costs this fraction
@@ -447,13 +452,20 @@ def _measure_gil(target: _Target, m: Measurement) -> None:
     nap = 0.0005
     late = max(1e-3, 0.4 * sys.getswitchinterval())
     waits = []
+    shares = []
     try:
         time.sleep(0.01)  # let the builder get going
-        end = clock() + max(GIL_PROBE_SECONDS, min(1.0, 2 * (m.seconds_per_batch or 0.0)))
-        while clock() < end and not failure:
-            started = clock()
-            time.sleep(nap)
-            waits.append(clock() - started - nap)
+        segment = max(GIL_PROBE_SECONDS, min(1.0, 2 * (m.seconds_per_batch or 0.0))) / GIL_SEGMENTS
+        for _ in range(GIL_SEGMENTS):
+            end = clock() + segment
+            part = []
+            while clock() < end and not failure:
+                started = clock()
+                time.sleep(nap)
+                part.append(clock() - started - nap)
+            if part:
+                shares.append(sum(w >= late for w in part) / len(part))
+                waits.extend(part)
     finally:
         stop.set()
         builder.join()
@@ -461,13 +473,14 @@ def _measure_gil(target: _Target, m: Measurement) -> None:
         raise failure[0]
     if waits:
         m.gil_probes = len(waits)
-        m.gil_share = sum(w >= late for w in waits) / len(waits)
+        m.gil_share = statistics.median(shares)
         m.gil_median_wait = max(0.0, statistics.median(waits))
 
 
 def _holds_gil(m: Measurement) -> Optional[bool]:
+    slow_threads = m.thread_speedup is not None and m.thread_speedup < THREADS_HELP
     if m.gil_share is not None:
-        return m.gil_share >= GIL_HELD
+        return m.gil_share >= GIL_HELD or (slow_threads and m.gil_share >= GIL_HELD_SLOW_THREADS)
     if m.thread_speedup is not None:
         return m.thread_speedup < THREADS_HELP
     return None
@@ -691,17 +704,21 @@ def check(obj, *, batches: Optional[int] = None) -> CheckReport:
 
     Builds a few sample batches on the calling thread, then on 2 threads,
     then on 2 processes (about 3 s in all; batches slower than 0.2 s take
-    about a dozen batch times), and reports: the batch structure (shapes, dtypes, bytes), the
-    time per batch, whether the work holds the GIL (the speed-up of 2
-    threads), the cost of moving a batch between processes, whether process
-    workers can receive the object (it is cloudpickled, as spawn and
-    forkserver workers need; the culprit is named if not) and a
+    about a dozen batch times), and reports: the batch structure (shapes,
+    dtypes, bytes), the time per batch, whether the work holds the GIL (the
+    speed-up of 2 threads, and a probe of how long a thread waits for the
+    GIL while the work runs), the cost of moving a batch between processes,
+    whether process workers can receive the object (it is cloudpickled, as
+    spawn and forkserver workers need; the culprit is named if not) and a
     recommendation with its reason. `obj` is not changed: its epoch does not
     advance, and a stream's batches read to measure are put back.
 
-    Timings are medians of interleaved rounds and the decision needs wide
-    margins (threads must be >= 1.3x faster than one thread, processes
-    >= 1.25x faster than threads), so it is stable on a busy machine.
+    The decision rests on measures that stay stable on a busy machine: the
+    time per batch (tiny: < 1 ms -> workers=0), the GIL probe (held >= 50%
+    of the time -> processes, if picklable and a batch moves in less than
+    half its build time), and medians of interleaved rounds for speed-ups,
+    with wide margins (processes replace threads for GIL-releasing work only
+    when >= 1.25x faster).
     `workers="auto"` runs the same measurement when an object's pool starts.
 
     Args:
