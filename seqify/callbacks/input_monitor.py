@@ -17,6 +17,10 @@ training step (validation is not counted):
   inside the compiled step, so this misses the wait: wrap the input with
   seqify to measure it.
 
+A fit's first step is left out (when its epoch has more): it also traces
+and compiles the step function, which would make the first epoch look
+compute-bound.
+
 The fraction goes into the epoch logs as `input_wait_fraction` (0..1), so
 `History`, `CSVLogger` and `TensorBoard` get it (list this callback before
 them). Like Keras's progress bar, it overrides `on_train_batch_end`, so Keras
@@ -73,6 +77,7 @@ class InputMonitor(keras.callbacks.Callback):
         self.fractions: List[float] = []
         self.hints: List[str] = []
         self._suggestion = None
+        self._first_of_fit = False
         self._reset(clock())
 
     def _reset(self, now: float) -> None:
@@ -82,9 +87,11 @@ class InputMonitor(keras.callbacks.Callback):
         self._gaps = 0.0  # time outside steps (non-seqify measure)
         self._end_wait = None
         self._steps = 0
+        self._after_first = None  # (time, wait snapshot, gaps) after a fit's first step
 
     def on_train_begin(self, logs=None):
         self._suggestion = None
+        self._first_of_fit = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self._reset(clock())
@@ -97,17 +104,25 @@ class InputMonitor(keras.callbacks.Callback):
         self._last_end = clock()
         self._end_wait = input_wait.snapshot()
         self._steps += 1
+        if self._steps == 1 and getattr(self, "_first_of_fit", False):
+            # A fit's first step also traces and compiles the step function
+            # (often a second or more): measured from its end instead.
+            self._first_of_fit = False
+            self._after_first = (self._last_end, self._end_wait, self._gaps)
 
     def epoch_fraction(self) -> Optional[float]:
         """The fraction for the epoch in progress (None before its first step)."""
         if self._last_end is None:
             return None
-        elapsed = self._last_end - self._start
+        start, start_wait, gaps = self._start, self._start_wait, 0.0
+        if self._after_first is not None and self._steps > 1:
+            start, start_wait, gaps = self._after_first
+        elapsed = self._last_end - start
         if elapsed <= 0:
             return 0.0
-        waited, batches = self._end_wait[0] - self._start_wait[0], self._end_wait[1] - self._start_wait[1]
+        waited, batches = self._end_wait[0] - start_wait[0], self._end_wait[1] - self._start_wait[1]
         if batches <= 0:  # not a seqify input: the time outside steps
-            waited = self._gaps
+            waited = self._gaps - gaps
         return min(1.0, max(0.0, waited / elapsed))
 
     def on_epoch_end(self, epoch, logs=None):
