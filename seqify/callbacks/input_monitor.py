@@ -148,7 +148,7 @@ class InputMonitor(keras.callbacks.Callback):
                 (workers, use_mp, reason), current = suggestion
                 text += f"seqify.check(ds) suggests workers={workers}, use_multiprocessing={use_mp}"
                 if current == (workers, use_mp):
-                    text += " (already in use: building the batches is the bottleneck; " + reason + ")"
+                    text += " (already in use: building the batches is the bottleneck)"
         self.hints.append(text)
         logger.info("%s", text)
         if self.verbose:
