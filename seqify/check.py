@@ -22,7 +22,6 @@ This module must not import Keras or TensorFlow: it is imported eagerly by
 """
 
 import dataclasses
-import math
 import os
 import signal
 import statistics
@@ -308,12 +307,8 @@ class _Item:
         return self.obj[index]
 
 
-def _target_for(obj, count: int) -> Tuple[_Target, Any]:
-    """`(target, lock)` for any object `check` accepts."""
-    sequence_module = sys.modules.get("seqify.sequence")
-    if sequence_module is not None and isinstance(obj, sequence_module.Sequence):
-        runner = obj._runner
-        return _target_for_runner(runner, count), runner.lock
+def _target_for(obj, count: int) -> _Target:
+    """The target for an object `check` accepts that is not a seqify Sequence."""
     if isinstance(obj, type):
         raise TypeError(f"`obj` must be a dataset or batch function, not the class {obj.__name__}: pass an instance.")
     if hasattr(obj, "__getitem__") and hasattr(obj, "__len__") and not isinstance(obj, (str, bytes, dict)):
@@ -339,7 +334,7 @@ def _target_for(obj, count: int) -> Tuple[_Target, Any]:
             f"or a batch function fn(i) -> batch; got {type(obj).__name__}."
         )
     tasks = source.sample_tasks(count, None, 0)
-    return _Target(description, True, source.make_job, tasks, False, None, parts), None
+    return _Target(description, True, source.make_job, tasks, False, None, parts)
 
 
 # -- measuring -------------------------------------------------------------------
@@ -760,12 +755,13 @@ def check(obj, *, batches: Optional[int] = None) -> CheckReport:
     if batches is not None and (not is_int(batches) or batches < 2):
         raise ValueError(f"`batches` must be an int >= 2 (batches built per measurement) or None; got {batches!r}.")
     count = SAMPLE_TASKS if batches is None else max(2, min(int(batches), SAMPLE_TASKS))
-    target, lock = _target_for(obj, count)
-    if lock is None:
-        m = measure(target, batches)
+    sequence_module = sys.modules.get("seqify.sequence")
+    if sequence_module is not None and isinstance(obj, sequence_module.Sequence):
+        runner = obj._runner
+        with runner.lock:  # no pass of the object runs meanwhile (a stream's items are read and put back)
+            m = measure(_target_for_runner(runner, count), batches)
     else:
-        with lock:  # no pass of the object runs meanwhile
-            m = measure(target, batches)
+        m = measure(_target_for(obj, count), batches)
     workers, use_mp, reason = decide(m)
     return CheckReport(m, workers, use_mp, reason)
 

@@ -9,7 +9,6 @@ import re
 import time
 
 import keras
-import numpy as np
 import pytest
 
 import seqify
