@@ -20,6 +20,7 @@ import importlib
 # Eager, and before anything imports the module of the same name: importing
 # a submodule binds its name on the package, which would hide the decorator.
 from seqify.threadsafe import threadsafe  # noqa: E402  (no Keras inside)
+from seqify.check import check  # noqa: E402  (no Keras inside; same reason)
 
 __version__ = "0.1.0"
 

@@ -18,6 +18,7 @@ import logging
 import threading
 from typing import Callable, Iterator, Optional
 
+from seqify import input_wait
 from seqify.engine import errors
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.messages import Task
@@ -93,17 +94,26 @@ class EpochRunner:
             self.settings = settings
 
     def workers(self):
-        """`(workers, use_multiprocessing)` in force (after "auto" is resolved)."""
+        """`(workers, use_multiprocessing)` in force (after "auto" is resolved).
+
+        "auto" is measured once (`seqify.check.choose_workers`, on pools of
+        its own, consuming nothing), logged once on the "seqify" logger, and
+        kept until the settings change.
+        """
         settings = self.settings
         if settings.workers != AUTO:
             return settings.workers, settings.uses_processes
-        if self._resolved is None:
-            from seqify.check import choose_workers
+        with self.lock:
+            if self._resolved is None:
+                from seqify.check import choose_workers
 
-            workers, use_mp, reason = choose_workers(self)
-            self._resolved = (workers, use_mp and workers > 0)
-            logger.info("seqify: workers=\"auto\" chose workers=%d, use_multiprocessing=%s (%s)", workers, use_mp, reason)
-        return self._resolved
+                workers, use_mp, reason = choose_workers(self)
+                self._resolved = (workers, bool(use_mp) and workers > 0)
+                logger.info(
+                    "%s: workers=\"auto\" chose workers=%d, use_multiprocessing=%s: %s",
+                    self.name, workers, self._resolved[1], reason,
+                )
+            return self._resolved
 
     @property
     def running_pool(self):
@@ -160,7 +170,8 @@ class EpochRunner:
     def _claim_pass(self, shuffle: bool) -> Pass:
         with self.lock:
             cursor = self.cursor
-            workers = self.workers()[0] if self.source.parallel else 0
+            resolved = self.workers()  # resolves "auto" here even without workers, so obj.workers reports it
+            workers = resolved[0] if self.source.parallel else 0
             plan = Pass(cursor.epoch, cursor.position, shuffle, workers)
             if self.source.num_batches() is not None:
                 # A finite pass owns its epoch from the start, so that a
@@ -188,6 +199,7 @@ class EpochRunner:
             delivered: records what the pass delivered, for `give_back`.
         """
         plan = self._claim_pass(self.effective_shuffle(shuffle, force))
+        input_wait.note_runner(self)
         served = 0
         completed = False
         if delivered is not None:
@@ -252,7 +264,8 @@ class EpochRunner:
         if check is not None:
             check()  # a worker that died between passes is reported as such
         try:
-            items = self._tracked(self.source.tasks(plan, self.state), submitted)
+            # Time spent getting the next task (a stream's next item) is input wait too.
+            items = self._tracked(input_wait.timed(self.source.tasks(plan, self.state)), submitted)
             yield from ordered(pool, items, self.window(), self._abandon)
         except errors.WorkerDiedError:
             with self.lock:
@@ -264,13 +277,16 @@ class EpochRunner:
         # Nothing to parallelize (an untransformed stream): no window, no
         # handles, just the job on this thread.
         run = self.source.make_job().run
-        for task in self.source.tasks(plan, self.state):
+        clock = input_wait.clock
+        for task in input_wait.timed(self.source.tasks(plan, self.state)):
             submitted.append(task)
+            started = clock()
             try:
                 batch = run(task)
             except BaseException:
                 self._abandon([(task, NO_HANDLE)])  # a stream keeps the item
                 raise
+            input_wait.add(clock() - started)
             yield batch
 
     def _abandon(self, pending) -> None:
