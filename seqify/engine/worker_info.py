@@ -7,7 +7,9 @@ therefore bit-for-bit identical whatever `workers` and `use_multiprocessing`
 are, and different batches still get different randomness.
 """
 
+import _random
 import dataclasses
+import random
 import threading
 from typing import Optional
 
@@ -65,6 +67,34 @@ class WorkerInfo:
         ```
         """
         return np.random.default_rng([self.seed, self.epoch, self.index])
+
+
+# Spawn key of the per-batch stream that seeds the global RNGs: any spawn key
+# other than rng()'s empty one gives an independent stream from the same
+# (seed, epoch, index).
+_GLOBAL_RNG_SPAWN_KEY = (1,)
+# The C-level seed of the `random` module's shared instance, without the
+# Python wrapper's type dispatch (an int seeds the same state either way;
+# the wrapper's other job, clearing `gauss_next`, is done below).
+_seed_random = _random.Random.seed
+
+
+def seed_global_rngs(seed: int, epoch: int, index: int) -> None:
+    """Seeds the global `random` and `np.random` state for one batch.
+
+    Process workers call this before user code runs for each batch, so that
+    legacy augmentation written with `np.random.*` / `random.*` draws numbers
+    that depend on (seed, epoch, index) only: reproducible, and different
+    for every batch, whatever the worker count or start method (forked
+    workers would otherwise all inherit the parent's state and repeat each
+    other). The stream is independent of `WorkerInfo.rng()`'s.
+    """
+    words = np.random.SeedSequence([seed, epoch, index], spawn_key=_GLOBAL_RNG_SPAWN_KEY).generate_state(4)
+    # One 32-bit word for numpy: its legacy seeding from an array costs ~5x
+    # more per batch (measured in docs/design.md); `random` takes the rest.
+    np.random.seed(int(words[0]))
+    _seed_random(random._inst, int.from_bytes(words[1:].tobytes(), "little"))
+    random._inst.gauss_next = None
 
 
 def worker_info() -> Optional[WorkerInfo]:
