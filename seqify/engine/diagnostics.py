@@ -63,7 +63,9 @@ def report_startup_failure(exc: BaseException) -> bool:
     match = _REPORT.search(me.name or "")
     if match is None:
         return False
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    # Python's own message is an indented paragraph: one line reads better
+    # inside ours.
+    text = " ".join("".join(traceback.format_exception_only(type(exc), exc)).split())
     if "bootstrapping phase" in text:
         text += "\n" + BOOTSTRAP_FIX
     try:

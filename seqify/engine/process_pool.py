@@ -13,7 +13,8 @@ Design (see docs/design.md, "Process pool layout"):
 - Tasks submitted while a worker is still busy with earlier ones wait in its
   outbox and go down together (one `Work` message) when the consumer next
   needs a result; a worker with nothing in hand gets its task at once.
-- The parent waits on every pipe *and* every process sentinel at once, so a
+- The parent waits on every pipe *and* every process's death handle (a pidfd,
+  else `process.sentinel`) at once, so a
   worker that dies (signal, `os._exit`, OOM killer) is noticed immediately and
   reported with its id, pid, exit code, the batches it held and the likely
   cause (`seqify.engine.diagnostics`), never a hang. A worker that dies
@@ -45,12 +46,22 @@ _MAX_CHUNK = 64
 
 
 class _Worker:
-    __slots__ = ("worker_id", "process", "conn", "tasks", "outbox", "released", "decoder", "started")
+    __slots__ = ("worker_id", "process", "conn", "death", "_pidfd", "tasks", "outbox", "released", "decoder", "started")
 
     def __init__(self, worker_id, process, conn):
         self.worker_id = worker_id
         self.process = process
         self.conn = conn
+        # What becomes ready when the process ends. `process.sentinel` is a
+        # pipe that every process the worker forks inherits, so a worker
+        # whose child outlives it would look alive; a pidfd (Linux >= 5.3)
+        # is ready as soon as the worker itself exits.
+        self._pidfd = None
+        try:
+            self._pidfd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):
+            pass
+        self.death = self._pidfd if self._pidfd is not None else process.sentinel
         self.tasks = {}  # task_id -> Task: assigned and not answered (sent or in the outbox)
         self.outbox = {}  # task_id -> Task (wire form): assigned, not sent yet
         # Slot ids of this worker whose arrays were garbage-collected here;
@@ -58,6 +69,13 @@ class _Worker:
         self.released = collections.deque()
         self.decoder = shm_transport.Decoder(self.released.append)
         self.started = False  # it said Ready
+
+    def close(self):
+        self.conn.close()
+        self.process.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     def take_released(self) -> tuple:
         out = []
@@ -256,8 +274,7 @@ class ProcessPool:
         if sender is not None:
             sender.stop()  # its peers are gone: a blocked send has failed
         for worker in workers or ():
-            worker.conn.close()
-            worker.process.close()
+            worker.close()
         # Results received but never consumed still own shm segments.
         for reply, _ in self._results.values():
             if type(reply) is Result:
@@ -299,7 +316,7 @@ class ProcessPool:
         try:
             self._send(worker, work)
         except OSError:
-            self._check_alive(pipe_closed=True)
+            self._check_alive([worker])
             raise
 
     def _send(self, worker, message):
@@ -346,7 +363,7 @@ class ProcessPool:
         waitables = {}
         for worker in self._workers:
             waitables[worker.conn] = worker
-            waitables[worker.process.sentinel] = worker
+            waitables[worker.death] = worker
         ready = multiprocessing.connection.wait(list(waitables), timeout=_POLL_SECONDS)
         ended = []
         for handle in ready:
@@ -357,7 +374,11 @@ class ProcessPool:
             elif worker not in ended:
                 ended.append(worker)  # its sentinel: it has exited
         if ended:
-            self._check_alive(pipe_closed=True)
+            self._check_alive(ended)
+        elif not ready:
+            # Belt and braces where no pidfd exists: a quiet second also
+            # asks every worker whether it still runs.
+            self._check_alive([w for w in self._workers if not w.process.is_alive()])
 
     def _receive(self, worker) -> bool:
         """Takes one message from `worker`; False if its pipe is closed."""
@@ -392,10 +413,11 @@ class ProcessPool:
         except (EOFError, OSError):
             pass
 
-    def _check_alive(self, pipe_closed=False):
-        for worker in self._workers or ():
-            if pipe_closed:
-                worker.process.join(timeout=0.5)  # its pipe closed: it is exiting
+    def _check_alive(self, workers):
+        """Raises WorkerDiedError for the first of `workers` that has ended."""
+        for worker in workers:
+            # Its pipe closed or its sentinel fired: it is exiting, if not gone.
+            worker.process.join(timeout=0.5)
             if worker.process.is_alive():
                 continue
             self._drain(worker)
