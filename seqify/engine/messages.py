@@ -81,6 +81,9 @@ class Work:
     tasks: tuple
     released: tuple = ()
 
+    def __reduce__(self):
+        return Work, (self.tasks, self.released)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class NewJob:
@@ -108,6 +111,10 @@ class Result:
     task_id: int
     value: Any
 
+    def __reduce__(self):
+        # One per batch: positional, not the dataclass's field-by-field state.
+        return Result, (self.task_id, self.value)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RemoteError:
@@ -120,3 +127,6 @@ class RemoteError:
 
     task_id: Optional[int]
     error: tuple
+
+    def __reduce__(self):
+        return RemoteError, (self.task_id, self.error)

@@ -267,7 +267,8 @@ class ProcessPool:
                     pass
             deadline = time.monotonic() + 2.0
             for worker in workers:
-                worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+                if worker.process.is_alive():
+                    worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
                 if worker.process.is_alive():
                     worker.process.kill()
                     worker.process.join()
@@ -416,8 +417,11 @@ class ProcessPool:
     def _check_alive(self, workers):
         """Raises WorkerDiedError for the first of `workers` that has ended."""
         for worker in workers:
-            # Its pipe closed or its sentinel fired: it is exiting, if not gone.
-            worker.process.join(timeout=0.5)
+            if worker.process.is_alive():
+                # Its pipe closed: it is exiting. (Not joined when already
+                # gone: join waits on the sentinel, which the worker's own
+                # children may hold open.)
+                worker.process.join(timeout=0.5)
             if worker.process.is_alive():
                 continue
             self._drain(worker)

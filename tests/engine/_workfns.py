@@ -234,8 +234,8 @@ def die_holding_pipe(pid_path, i):
     if child == 0:
         time.sleep(5)
         os._exit(0)
+    time.sleep(0.05)
     with open(pid_path, "w") as f:
-        f.write(str(child))
-    time.sleep(0.2)
+        f.write(f"{child} {time.monotonic()}")  # CLOCK_MONOTONIC: system-wide
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(10)  # never reached
