@@ -317,6 +317,7 @@ class ProcessPool:
         try:
             self._send(worker, work)
         except OSError:
+            worker.outbox.update(work.tasks)  # it never got them: not "held"
             self._check_alive([worker])
             raise
 

@@ -5,6 +5,11 @@ a worker process, or the main thread), so augmentations can draw from a
 random generator seeded by (seed, epoch, batch index) alone. The same epoch is
 therefore bit-for-bit identical whatever `workers` and `use_multiprocessing`
 are, and different batches still get different randomness.
+
+Process workers also seed the global `random` and `np.random` state per
+batch (`seed_global_rngs`), for legacy code that draws from them; threads and
+the calling thread leave the global state alone (it is shared, and the
+user's), so there only `rng()` is per batch.
 """
 
 import _random

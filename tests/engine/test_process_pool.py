@@ -261,3 +261,16 @@ def test_unguarded_script_runs_under_fork(tmp_path):
     process, out, err = _run_script(tmp_path, "fork")
     assert process.returncode == 0, err
     assert "BATCHES 4" in out, (out, err)
+
+
+@pytest.mark.timeout(60)
+def test_work_sent_to_a_worker_that_died_idle_raises_instead_of_hanging(closing):
+    pool = _own_pool(closing, wf.pid_batch, workers=1)
+    assert len(_run(pool, _tasks(2))) == 2
+    pid = pool.pids[0]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone([pid]) == []
+    start = time.monotonic()
+    with pytest.raises(seqify.WorkerDiedError, match=f"pid {pid}\\) was killed by signal SIGKILL"):
+        _run(pool, _tasks(3, epoch=1))
+    assert time.monotonic() - start < 5
