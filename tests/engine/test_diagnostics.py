@@ -38,5 +38,5 @@ def test_exit_after_start_blames_user_code():
     assert "os._exit()/sys.exit()" in _message(3, started=True)
 
 
-def test_a_report_is_written_only_inside_a_bootstrapping_worker(tmp_path):
+def test_a_report_is_written_only_inside_a_bootstrapping_worker():
     assert diagnostics.report_startup_failure(RuntimeError("x")) is False

@@ -1,9 +1,7 @@
 """ThreadPool on its own: real threads running tiny jobs."""
 
 import functools
-import threading
 
-import numpy as np
 import pytest
 
 from seqify.engine.job import Job

@@ -1,6 +1,5 @@
 """The ordered window: order, bound on work in flight, abandoned work handed back."""
 
-import threading
 
 import pytest
 
