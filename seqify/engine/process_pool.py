@@ -374,7 +374,7 @@ class ProcessPool:
                 if not self._receive(worker):
                     ended.append(worker)  # its pipe closed: it is exiting
             elif worker not in ended:
-                ended.append(worker)  # its sentinel: it has exited
+                ended.append(worker)  # its pidfd or sentinel: it has exited
         if ended:
             self._check_alive(ended)
         elif not ready:
