@@ -7,7 +7,7 @@ start in a fraction of a second.
 
 from seqify.engine import errors
 from seqify.engine.batches import standardize_batch
-from seqify.engine.worker_info import WorkerInfo, set_current
+from seqify.engine.worker_info import WorkerInfo, seed_global_rngs, set_current
 
 from seqify.engine.messages import Task, TaskKind
 
@@ -63,6 +63,10 @@ class Job:
             shard_index, num_shards = 0, 1
         info = WorkerInfo(worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards, task.shuffled)
         previous = set_current(info)
+        if use_multiprocessing:
+            # A worker process's global RNGs are seqify's to set (nothing
+            # else runs there); a thread's or the caller's are the user's.
+            seed_global_rngs(self.seed, epoch, index)
         try:
             if kind == FETCH:
                 batch = self.fetch(index)

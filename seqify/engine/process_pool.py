@@ -1,18 +1,25 @@
-"""Persistent worker processes with shared-memory results.
+"""Persistent worker processes with shared-memory results (the parent side).
 
-Design (see docs/design.md):
-- Workers start once (fork, spawn or forkserver) and live until `close()`,
+Design (see docs/design.md, "Process pool layout"):
+- Workers start once (fork, spawn or forkserver: decided above the engine,
+  by `seqify.start_methods`, and passed in) and live until `close()`,
   garbage collection or interpreter exit. The job (dataset, batch function,
   transform) is cloudpickled once and sent to each worker at start, never per
-  batch or per epoch.
-- Each worker has its own duplex pipe. Tasks are tiny (kind, epoch, index);
-  results carry arrays through shared memory (`shm_transport`), so the pipe
-  only moves names and shapes.
-- The main side waits on every pipe *and* every process sentinel at once, so a
+  batch or per epoch. The child's side is `seqify.engine.worker_main`.
+- Each worker has its own duplex pipe carrying the typed messages of
+  `seqify.engine.messages` (`Work`, `NewJob` down; `Ready`, `Result`,
+  `RemoteError` up). Results carry arrays through shared memory
+  (`shm_transport`), so the pipe only moves names and shapes.
+- Tasks submitted while a worker is still busy with earlier ones wait in its
+  outbox and go down together (one `Work` message) when the consumer next
+  needs a result; a worker with nothing in hand gets its task at once.
+- The parent waits on every pipe *and* every process's death handle (a pidfd,
+  else `process.sentinel`) at once, so a
   worker that dies (signal, `os._exit`, OOM killer) is noticed immediately and
-  reported with its id, pid, exit code and the batches it held, never a hang.
-- Workers ignore SIGINT (Ctrl-C is the main process's to handle) and exit on
-  their own when the main process goes away.
+  reported with its id, pid, exit code, the batches it held and the likely
+  cause (`seqify.engine.diagnostics`), never a hang. A worker that dies
+  before it is ready (e.g. an unguarded script under spawn) is reported with
+  its own start-up error.
 """
 
 import collections
@@ -22,141 +29,69 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import queue
-import signal
-import sys
 import threading
 import time
 import uuid
 
 import cloudpickle
 
-from seqify.engine import errors, shm_transport
+from seqify.engine import diagnostics, errors, shm_transport
 from seqify.engine.job import describe
+from seqify.engine.messages import NewJob, Ready, RemoteError, Result, Work
+from seqify.engine.worker_main import worker_main
 
 _POLL_SECONDS = 1.0
-
-
-# Keras backends whose runtimes are not fork-safe: a forked child may
-# deadlock on locks that their threads held at fork time.
-_FORK_UNSAFE_BACKENDS = ("jax", "torch")
-
-
-def _fork_unsafe_backend() -> bool:
-    keras = sys.modules.get("keras")  # never import Keras from here
-    if keras is None:
-        return False
-    try:
-        return keras.backend.backend() in _FORK_UNSAFE_BACKENDS
-    except Exception:
-        return False
-
-
-def default_start_method() -> str:
-    """Python's default start method, unless the Keras backend is fork-unsafe.
-
-    With the JAX or PyTorch backend, forking is unsafe, so seqify uses
-    "forkserver" (or "spawn" where forkserver does not exist). TensorFlow
-    tolerates fork as long as children do not call into it, which seqify's
-    workers do not unless user code does.
-    """
-    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
-    if method == "fork" and _fork_unsafe_backend():
-        available = multiprocessing.get_all_start_methods()
-        return "forkserver" if "forkserver" in available else "spawn"
-    return method
-
-
-def _worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid, inherited=(), max_slots=shm_transport.MAX_SLOTS):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Under fork we inherit the main side of our own pipe (and of earlier
-    # workers' pipes). Holding them would keep those pipes open after the
-    # main process dies, so a blocked send would never fail: drop them.
-    for other_end in inherited:
-        other_end.close()
-    # Our parent is the owner (fork, spawn) or the forkserver; either way, if
-    # it goes away we are re-parented and must not linger as an orphan.
-    parent_pid = os.getppid()
-    try:
-        job = cloudpickle.loads(job_bytes)
-    except BaseException as exc:
-        errors.annotate(exc, f"while unpickling the dataset in worker process {worker_id}")
-        conn.send((None, False, errors.pack_exception(exc)))
-        return
-    del job_bytes
-    encoder = shm_transport.Encoder(f"{shm_prefix}w{worker_id}-", max_slots=max_slots)
-    try:
-        _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid)
-    except (EOFError, OSError):
-        pass  # the main process closed our pipe or died
-    if not _alive(owner_pid):
-        # Orphaned: segments already sent to the dead main process have no
-        # reader left to unlink them.
-        shm_transport.sweep(shm_prefix)
-
-
-def _serve(conn, job, worker_id, num_workers, encoder, parent_pid, owner_pid):
-    while True:
-        while not conn.poll(_POLL_SECONDS):
-            if os.getppid() != parent_pid or not _alive(owner_pid):
-                return
-        message = conn.recv()
-        if message is None:
-            return
-        task_id, task, released = message
-        encoder.release(released)  # slots whose arrays the main process dropped
-        if task_id is None:  # a new version of the job
-            job = cloudpickle.loads(task)
-            continue
-        index = task.index
-        try:
-            if task.payload is not None:
-                task = dataclasses.replace(task, payload=shm_transport.decode(task.payload))
-            reply = (task_id, True, encoder.encode(job.run(task, worker_id, num_workers, True)))
-        except BaseException as exc:
-            reply = (task_id, False, errors.pack_exception(exc))
-        try:
-            conn.send(reply)
-        except OSError:
-            if reply[1]:
-                shm_transport.discard(reply[2], encoder.release_one)
-            raise
-        except Exception as exc:  # e.g. a batch holding an unpicklable object
-            if reply[1]:
-                shm_transport.discard(reply[2], encoder.release_one)
-            errors.annotate(exc, f"while sending batch {index} back from worker process {worker_id}")
-            conn.send((task_id, False, errors.pack_exception(exc)))
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+# Most tasks one `Work` message carries.
+_MAX_CHUNK = 64
 
 
 class _Worker:
-    __slots__ = ("worker_id", "process", "conn", "tasks", "released", "decoder")
+    __slots__ = ("worker_id", "process", "conn", "death", "_pidfd", "tasks", "outbox", "released", "decoder", "started")
 
     def __init__(self, worker_id, process, conn):
         self.worker_id = worker_id
         self.process = process
         self.conn = conn
-        self.tasks = {}  # task_id -> (kind, epoch, index)
+        # What becomes ready when the process ends. `process.sentinel` is a
+        # pipe that every process the worker forks inherits, so a worker
+        # whose child outlives it would look alive; a pidfd (Linux >= 5.3)
+        # is ready as soon as the worker itself exits.
+        self._pidfd = None
+        try:
+            self._pidfd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):
+            pass
+        self.death = self._pidfd if self._pidfd is not None else process.sentinel
+        self.tasks = {}  # task_id -> Task: assigned and not answered (sent or in the outbox)
+        self.outbox = {}  # task_id -> Task (wire form): assigned, not sent yet
         # Slot ids of this worker whose arrays were garbage-collected here;
-        # appended from any thread, sent back with the next task.
+        # appended from any thread, sent back with the next message.
         self.released = collections.deque()
         self.decoder = shm_transport.Decoder(self.released.append)
+        self.started = False  # it said Ready
 
-    def take_released(self):
+    def close(self):
+        self.conn.close()
+        self.process.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def take_released(self) -> tuple:
         out = []
         while True:
             try:
                 out.append(self.released.popleft())
             except IndexError:
-                return out
+                return tuple(out)
+
+    def in_hand(self) -> int:
+        """Tasks sent to the worker and not answered yet."""
+        return len(self.tasks) - len(self.outbox)
+
+    def held(self):
+        """The `Task`s the worker has (sent, not answered)."""
+        return [task for task_id, task in self.tasks.items() if task_id not in self.outbox]
 
 
 class _Handle:
@@ -174,7 +109,7 @@ class _Handle:
 
 
 class _Sender:
-    """Sends tasks that carry payloads on a thread of its own.
+    """Sends messages that carry payloads on a thread of its own.
 
     Payload-carrying tasks (stream batches for `transform`) can be large. If
     the consuming thread sent them itself, it could block on a full pipe while
@@ -214,15 +149,31 @@ class ProcessPool:
     Args:
         job: a `seqify.engine.job.Job` (must cloudpickle).
         num_workers: number of processes (>= 1).
-        start_method: "fork", "spawn", "forkserver" or None for the
-            platform default.
+        start_method: "fork", "spawn" or "forkserver" (see
+            `seqify.start_methods.start_method_for`; the engine does not
+            choose).
         name: process name prefix.
         max_slots: recycled shared-memory result slots per worker.
+
+    Example:
+
+    ```python
+    pool = ProcessPool(Job(fetch=make_batch), 2, "spawn")
+    try:
+        batches = list(ordered(pool, (Task(TaskKind.FETCH, 0, i) for i in range(8)), 4))
+    finally:
+        pool.close()
+    ```
     """
 
     use_multiprocessing = True
 
-    def __init__(self, job, num_workers: int, start_method=None, name: str = "seqify", max_slots=shm_transport.MAX_SLOTS):
+    def __init__(self, job, num_workers: int, start_method: str, name: str = "seqify", max_slots: int = shm_transport.MAX_SLOTS):
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"`start_method` must be one of {multiprocessing.get_all_start_methods()}; got {start_method!r} "
+                "(seqify.start_methods.start_method_for(None) gives the default)."
+            )
         self.num_workers = num_workers
         self.max_slots = max_slots
         self.start_method = start_method
@@ -230,7 +181,7 @@ class ProcessPool:
         self._job_bytes = cloudpickle.dumps(job)
         self._workers = None
         self._task_ids = itertools.count()
-        self._results = {}  # task_id -> (ok, payload, worker)
+        self._results = {}  # task_id -> (reply, worker)
         self._discarded = set()
         self._owner = {}  # task_id -> _Worker
         self._lock = threading.RLock()
@@ -239,28 +190,35 @@ class ProcessPool:
 
     # -- life cycle -------------------------------------------------------
     def _start(self):
-        context = multiprocessing.get_context(self.start_method or default_start_method())
+        context = multiprocessing.get_context(self.start_method)
         self.shm_prefix = f"seqify-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._encoder = shm_transport.Encoder(f"{self.shm_prefix}m-")
         workers = []
-        forking = context.get_start_method() == "fork"
+        forking = self.start_method == "fork"
+        worker_id = 0
         try:
             for worker_id in range(self.num_workers):
                 parent_conn, child_conn = context.Pipe(duplex=True)
                 # Only a forked child inherits (and must close) main-side ends.
                 inherited = [w.conn for w in workers] + [parent_conn] if forking else []
                 process = context.Process(
-                    target=_worker_main,
+                    target=worker_main,
                     args=(child_conn, self._job_bytes, worker_id, self.num_workers, self.shm_prefix, os.getpid(), inherited, self.max_slots),
-                    name=f"{self._name}-worker-{worker_id}",
+                    name=diagnostics.process_name(self._name, worker_id, self.shm_prefix),
                     daemon=True,
                 )
-                process.start()
-                child_conn.close()
+                try:
+                    process.start()
+                finally:
+                    child_conn.close()
                 workers.append(_Worker(worker_id, process, parent_conn))
-        except BaseException:
+        except BaseException as exc:
             self._workers = workers
             self._teardown()
+            # Inside a worker that is re-importing an unguarded main script,
+            # this is where it fails: tell the parent why.
+            if not diagnostics.report_startup_failure(exc):
+                errors.annotate(exc, f"while starting worker process {worker_id} (start_method={self.start_method!r})")
             raise
         self._workers = workers
 
@@ -269,6 +227,7 @@ class ProcessPool:
         with self._lock:
             for worker in self._workers or ():
                 if not worker.process.is_alive():
+                    self._drain(worker)
                     self._raise_died(worker)
 
     @property
@@ -281,7 +240,8 @@ class ProcessPool:
             self._job_bytes = cloudpickle.dumps(job)
             if self._workers is not None:
                 for worker in self._workers:
-                    self._send(worker, (None, self._job_bytes, worker.take_released()))
+                    self._flush(worker)
+                    self._send(worker, NewJob(self._job_bytes, worker.take_released()))
 
     def close(self) -> None:
         """Stops the workers and frees every shared-memory segment. Idempotent."""
@@ -297,7 +257,7 @@ class ProcessPool:
                 # read a stop message; a busy one may be blocked writing
                 # results nobody will read, so it is terminated instead (its
                 # segments are swept below).
-                idle = not worker.tasks and sender is None
+                idle = not worker.in_hand() and sender is None
                 try:
                     if graceful and idle and worker.process.is_alive():
                         worker.conn.send(None)
@@ -307,19 +267,19 @@ class ProcessPool:
                     pass
             deadline = time.monotonic() + 2.0
             for worker in workers:
-                worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+                if worker.process.is_alive():
+                    worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
                 if worker.process.is_alive():
                     worker.process.kill()
                     worker.process.join()
         if sender is not None:
             sender.stop()  # its peers are gone: a blocked send has failed
         for worker in workers or ():
-            worker.conn.close()
-            worker.process.close()
+            worker.close()
         # Results received but never consumed still own shm segments.
-        for ok, payload, _ in self._results.values():
-            if ok:
-                shm_transport.discard(payload)
+        for reply, _ in self._results.values():
+            if type(reply) is Result:
+                shm_transport.discard(reply.value)
         self._results.clear()
         self._discarded.clear()
         self._owner.clear()
@@ -328,28 +288,38 @@ class ProcessPool:
 
     # -- tasks ------------------------------------------------------------
     def submit(self, task) -> _Handle:
-        """Sends one task; `task.worker` pins it to one worker (tasks then run in order)."""
-        kind, epoch, index, payload, worker = task.kind, task.epoch, task.index, task.payload, task.worker
+        """Queues one task; `task.worker` pins it to one worker (tasks then run in order)."""
         with self._lock:
             if self._workers is None:
                 self._start()
-            if worker is None:
+            if task.worker is None:
                 worker = min(self._workers, key=lambda w: len(w.tasks))
             else:
-                worker = self._workers[worker]
+                worker = self._workers[task.worker]
             task_id = next(self._task_ids)
-            worker.tasks[task_id] = (kind, epoch, index)
+            worker.tasks[task_id] = task
             self._owner[task_id] = worker
-            if payload is not None:
-                payload = self._encoder.encode(payload)
+            if task.payload is not None:
+                task = dataclasses.replace(task, payload=self._encoder.encode(task.payload))
                 if self._sender is None:
                     self._sender = _Sender()
-            try:
-                self._send(worker, (task_id, task if payload is None else dataclasses.replace(task, payload=payload), worker.take_released()))
-            except OSError:
-                self._check_alive()
-                raise
+            worker.outbox[task_id] = task
+            # A worker with nothing in hand must not wait for the consumer.
+            if not worker.in_hand() or len(worker.outbox) >= _MAX_CHUNK:
+                self._flush(worker)
             return _Handle(self, task_id)
+
+    def _flush(self, worker):
+        if not worker.outbox:
+            return
+        work = Work(tuple(worker.outbox.items()), worker.take_released())
+        worker.outbox.clear()
+        try:
+            self._send(worker, work)
+        except OSError:
+            worker.outbox.update(work.tasks)  # it never got them: not "held"
+            self._check_alive([worker])
+            raise
 
     def _send(self, worker, message):
         if self._sender is not None:
@@ -361,9 +331,19 @@ class ProcessPool:
         with self._lock:
             done = self._results.pop(task_id, None)
             if done is not None:
-                if done[0]:
-                    shm_transport.discard(done[1], done[2].released.append)
-            elif task_id in self._owner:
+                reply, worker = done
+                if type(reply) is Result:
+                    shm_transport.discard(reply.value, worker.released.append)
+                return
+            worker = self._owner.get(task_id)
+            if worker is None:
+                return
+            unsent = worker.outbox.pop(task_id, None)
+            if unsent is not None:  # never sent: forget it
+                del worker.tasks[task_id]
+                del self._owner[task_id]
+                shm_transport.discard(unsent.payload)
+            else:
                 self._discarded.add(task_id)
 
     def _result(self, task_id):
@@ -371,82 +351,98 @@ class ProcessPool:
             while task_id not in self._results:
                 if self._workers is None or task_id not in self._owner:
                     raise RuntimeError("seqify: the worker pool was closed while a batch was pending.")
+                for worker in self._workers:
+                    self._flush(worker)
                 self._pump()
-            ok, payload, worker = self._results.pop(task_id)
-        if ok:
-            return worker.decoder.decode(payload)
-        kind, epoch, index = payload[1]
-        raise errors.unpack_exception(payload[0], describe(kind, epoch, index, payload[2], True))
+            reply, worker = self._results.pop(task_id)
+        if type(reply) is Result:
+            return worker.decoder.decode(reply.value)
+        task = reply.task
+        raise errors.unpack_exception(reply.error, describe(task.kind, task.epoch, task.index, worker.worker_id, True))
 
     def _pump(self):
         """Receives whatever is ready; raises WorkerDiedError if a worker died."""
-        by_conn = {w.conn: w for w in self._workers}
-        ready = multiprocessing.connection.wait(list(by_conn), timeout=_POLL_SECONDS)
-        closed = False
-        for conn in ready:
-            if not self._receive(by_conn[conn]):
-                closed = True
-        if closed or not ready:
-            self._check_alive(closed)
+        waitables = {}
+        for worker in self._workers:
+            waitables[worker.conn] = worker
+            waitables[worker.death] = worker
+        ready = multiprocessing.connection.wait(list(waitables), timeout=_POLL_SECONDS)
+        ended = []
+        for handle in ready:
+            worker = waitables[handle]
+            if handle is worker.conn:
+                if not self._receive(worker):
+                    ended.append(worker)  # its pipe closed: it is exiting
+            elif worker not in ended:
+                ended.append(worker)  # its pidfd or sentinel: it has exited
+        if ended:
+            self._check_alive(ended)
+        elif not ready:
+            # Belt and braces where no pidfd exists: a quiet second also
+            # asks every worker whether it still runs.
+            self._check_alive([w for w in self._workers if not w.process.is_alive()])
 
     def _receive(self, worker) -> bool:
+        """Takes one message from `worker`; False if its pipe is closed."""
         try:
-            task_id, ok, payload = worker.conn.recv()
+            message = worker.conn.recv()
         except (EOFError, OSError):
             return False
-        if task_id is None:  # the worker failed to start
-            self._teardown()
-            raise errors.unpack_exception(payload, f"while starting worker process {worker.worker_id}")
-        kind, epoch, index = worker.tasks.pop(task_id)
-        self._owner.pop(task_id, None)
-        if task_id in self._discarded:
-            self._discarded.discard(task_id)
-            if ok:
-                shm_transport.discard(payload, worker.released.append)
-            return True
-        if not ok:
-            payload = (payload, (kind, epoch, index), worker.worker_id)
-        self._results[task_id] = (ok, payload, worker)
+        for reply in message if type(message) is list else (message,):
+            kind = type(reply)
+            if kind is Ready:
+                worker.started = True
+                continue
+            if kind is RemoteError and reply.task_id is None:  # the worker failed to start
+                self._teardown()
+                raise errors.unpack_exception(reply.error, f"while starting worker process {worker.worker_id}")
+            task_id = reply.task_id
+            task = worker.tasks.pop(task_id)
+            self._owner.pop(task_id, None)
+            if task_id in self._discarded:
+                self._discarded.discard(task_id)
+                if kind is Result:
+                    shm_transport.discard(reply.value, worker.released.append)
+                continue
+            self._results[task_id] = (reply if kind is Result else _Failed(task, reply.error), worker)
         return True
 
-    def _check_alive(self, pipe_closed=False):
-        for worker in self._workers or ():
-            if pipe_closed:
-                worker.process.join(timeout=0.5)  # its pipe closed: it is exiting
+    def _drain(self, worker):
+        """Keeps what a dead worker managed to send before it died."""
+        try:
+            while worker.conn.poll(0) and self._receive(worker):
+                pass
+        except (EOFError, OSError):
+            pass
+
+    def _check_alive(self, workers):
+        """Raises WorkerDiedError for the first of `workers` that has ended."""
+        for worker in workers:
+            if worker.process.is_alive():
+                # Its pipe closed: it is exiting. (Not joined when already
+                # gone: join waits on the sentinel, which the worker's own
+                # children may hold open.)
+                worker.process.join(timeout=0.5)
             if worker.process.is_alive():
                 continue
-            # Keep what it managed to send before it died.
-            try:
-                while worker.conn.poll(0) and self._receive(worker):
-                    pass
-            except (EOFError, OSError):
-                pass
+            self._drain(worker)
             self._raise_died(worker)
 
     def _raise_died(self, worker):
-        code = worker.process.exitcode
-        pid = worker.process.pid
-        if code is not None and code < 0:
-            try:
-                how = f"was killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"was killed by signal {-code}"
-        else:
-            how = f"exited with code {code}"
-        pending = sorted(worker.tasks.values(), key=lambda t: (t[1], t[2]))
-        if pending:
-            held = ", ".join(f"batch {index} (epoch {epoch})" for _, epoch, index in pending)
-            what = f" while building {held}"
-        else:
-            what = " while idle"
-        if code == -signal.SIGKILL:
-            hint = "A SIGKILL is usually the out-of-memory killer: lower `max_queue_size`, the batch size or `workers`."
-        elif code is not None and code < 0:
-            hint = "A crash in native code (or a signal sent to the worker) ended it."
-        else:
-            hint = "User code in the worker called os._exit()/sys.exit(), or a native library exited."
-        self._teardown()
-        raise errors.WorkerDiedError(
-            f"seqify worker process {worker.worker_id} (pid {pid}) {how}{what}. {hint} "
-            "The pool was shut down; the next epoch starts a fresh one."
+        process = worker.process
+        report = None if worker.started else diagnostics.read_startup_report(self.shm_prefix, worker.worker_id)
+        message = diagnostics.death_message(
+            worker.worker_id, process.pid, process.exitcode, worker.held(), worker.started, self.start_method, report
         )
+        self._teardown()
+        raise errors.WorkerDiedError(message)
+
+
+class _Failed:
+    """A task's `RemoteError`, kept with the task it answers."""
+
+    __slots__ = ("task", "error")
+
+    def __init__(self, task, error):
+        self.task = task
+        self.error = error

@@ -6,6 +6,7 @@ job, start in a fraction of a second.
 """
 
 import os
+import random
 import signal
 import threading
 import time
@@ -86,8 +87,8 @@ def die_once(flag_path, die_index, how, i):
     time.sleep(0.01)
     if i == die_index and os.path.exists(flag_path):
         os.remove(flag_path)
-        if how == "sigkill":
-            os.kill(os.getpid(), signal.SIGKILL)
+        if how in ("sigkill", "sigbus"):
+            os.kill(os.getpid(), signal.SIGKILL if how == "sigkill" else signal.SIGBUS)
             time.sleep(10)  # never reached
         else:
             os._exit(3)
@@ -194,3 +195,47 @@ def large_epoch_batch(i):
 def large_keras_batch(i):
     """A Keras-ready batch of 256 KiB (x filled with its id, so fit can audit it)."""
     return np.full((512, 128), i, dtype=np.float32), np.zeros((512, 1), dtype=np.float32)
+
+
+def global_rng_batch(i):
+    """What legacy augmentation draws: the global numpy and random RNGs, and worker_info().rng()."""
+    time.sleep(0.002)  # spread the batches over the workers
+    return (np.array([i, np.random.rand(), random.random(), worker_info().rng().random()], dtype=np.float64),)
+
+
+def pid_batch(i):
+    """Batch `i` and the pid of the process that built it."""
+    return (np.array([i, os.getpid()], dtype=np.int64),)
+
+
+def uneven_batch(i):
+    """Batch `i`, finishing out of order (even indices are slower)."""
+    time.sleep(0.03 if i % 2 == 0 else 0.001)
+    return (np.array([i, os.getpid()], dtype=np.int64),)
+
+
+def touch_then_sleep(flag_dir, i):
+    """Writes `<flag_dir>/<i>` once it runs, then sleeps long: a worker busy with batch `i`."""
+    with open(os.path.join(flag_dir, str(i)), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(30)
+    return (np.array([i], dtype=np.int64),)
+
+
+def die_holding_pipe(pid_path, i):
+    """Batch 0 is plain; batch 1 forks a grandchild that keeps every inherited fd
+    (the pipe too), then dies of SIGKILL.
+
+    The worker's pipe stays open, so only its process sentinel says it died.
+    """
+    if i == 0:
+        return (np.array([i], dtype=np.int64),)
+    child = os.fork()
+    if child == 0:
+        time.sleep(5)
+        os._exit(0)
+    time.sleep(0.05)
+    with open(pid_path, "w") as f:
+        f.write(f"{child} {time.monotonic()}")  # CLOCK_MONOTONIC: system-wide
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(10)  # never reached

@@ -1,0 +1,125 @@
+"""The ordered window: order, bound on work in flight, abandoned work handed back."""
+
+
+import pytest
+
+from seqify.engine.inline_pool import InlinePool
+from seqify.engine.job import Job
+from seqify.engine.messages import Task, TaskKind
+from seqify.engine.thread_pool import ThreadPool
+from seqify.engine.window import ordered
+from . import _workfns as wf
+
+
+class _CountingPool:
+    """An InlinePool that records how many tasks are submitted and not yet resolved."""
+
+    def __init__(self):
+        self._pool = InlinePool(Job(fetch=wf.index_batch))
+        self.in_flight = 0
+        self.peak = 0
+        self.submitted = []
+
+    def submit(self, task):
+        handle = self._pool.submit(task)
+        self.submitted.append(task.index)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        pool = self
+
+        class Handle:
+            def result(self):
+                pool.in_flight -= 1
+                return handle.result()
+
+            def discard(self):
+                pool.in_flight -= 1
+                handle.discard()
+
+        return Handle()
+
+
+def _tasks(n):
+    return [Task(TaskKind.FETCH, 0, i) for i in range(n)]
+
+
+def _ids(batches):
+    return [int(b[0].reshape(-1)[0]) for b in batches]
+
+
+@pytest.mark.parametrize("size", [1, 3, 8])
+def test_never_more_than_size_tasks_in_flight(size):
+    pool = _CountingPool()
+    assert _ids(ordered(pool, _tasks(12), size)) == list(range(12))
+    assert pool.peak == min(size, 12)
+    assert pool.in_flight == 0
+
+
+@pytest.mark.timeout(60)
+def test_results_follow_submission_order_not_completion_order(closing):
+    pool = closing(ThreadPool(Job(fetch=wf.uneven_batch), 4))
+    got = list(ordered(pool, _tasks(16), 8))
+    assert [int(b[0][0]) for b in got] == list(range(16))
+
+
+def test_stopping_early_hands_the_pending_work_to_on_abandon_in_order():
+    pool = _CountingPool()
+    abandoned = []
+    it = ordered(pool, _tasks(10), 4, on_abandon=abandoned.extend)
+    assert _ids([next(it), next(it)]) == [0, 1]
+    it.close()
+    # Refilled once after batch 0 was handed out; batch 1 is the consumer's.
+    assert [task.index for task, _ in abandoned] == [2, 3, 4]
+    # The handles are the abandon hook's: still resolvable.
+    assert [int(handle.result()[0][0, 0]) for _, handle in abandoned] == [2, 3, 4]
+    assert pool.submitted == list(range(5))  # nothing submitted past the window
+
+
+def test_stopping_early_discards_pending_work_by_default():
+    pool = _CountingPool()
+    it = ordered(pool, _tasks(10), 3)
+    next(it)
+    it.close()
+    assert pool.in_flight == 0
+
+
+def test_an_error_from_the_items_comes_after_every_batch_before_it():
+    def items():
+        yield from _tasks(3)
+        raise LookupError("the stream ran dry")
+
+    got = []
+    with pytest.raises(LookupError, match="ran dry"):
+        for batch in ordered(_CountingPool(), items(), 5):
+            got.append(batch)
+    assert _ids(got) == [0, 1, 2]
+
+
+def test_a_failing_batch_raises_in_its_place_and_abandons_the_rest():
+    pool = InlinePool(Job(fetch=lambda i: wf.explode_on_index(2, i)))
+    abandoned, got = [], []
+    with pytest.raises(wf.UserBoom):
+        for batch in ordered(pool, _tasks(6), 4, on_abandon=abandoned.extend):
+            got.append(batch)
+    assert _ids(got) == [0, 1]
+    assert [task.index for task, _ in abandoned] == [2, 3, 4, 5]
+
+
+def test_ready_handles_are_passed_through_in_their_place():
+    inline = InlinePool(Job(fetch=wf.index_batch))
+
+    class Ready:
+        def __init__(self, index):
+            self.task = Task(TaskKind.FETCH, 0, index)
+            self._handle = inline.submit(self.task)
+
+        def result(self):
+            return self._handle.result()
+
+        def discard(self):
+            self._handle.discard()
+
+    pool = _CountingPool()
+    items = [Ready(0), *_tasks(3)[1:], Ready(3)]
+    assert _ids(ordered(pool, items, 2)) == [0, 1, 2, 3]
+    assert pool.submitted == [1, 2]  # the ready ones were not submitted again
