@@ -40,6 +40,10 @@ class _ArraySlicer:
         self.seed = seed
         self._perm = (None, None)
 
+    def describe_source(self) -> str:
+        shapes = [tuple(np.shape(leaf)) for _, leaf in _leaves(self.data, "data")]
+        return f"arrays:{self.num_samples}x{self.batch_size}:{shapes}"
+
     def _permutation(self, epoch):
         cached_epoch, perm = self._perm
         if cached_epoch != epoch:
