@@ -348,8 +348,13 @@ class EpochRunner:
         from the workers (sharded streams keep them for the next pass).
         """
         with self.lock:
+            # The pool first: a new one's job is made from the state before
+            # these tasks claim their stream items (sharded streams skip
+            # what their shards produced before).
+            pool = self.pool() if self.source.samples_on_pool else None
             tasks = self.source.sample_tasks(count, self.state, self.workers()[0] if self.source.samples_on_pool else 0)
-            pool = self.pool() if self.source.samples_on_pool else InlinePool(self.source.make_job())
+            if pool is None:
+                pool = InlinePool(self.source.make_job())
             batches = [pool.submit(task).result() for task in tasks]
             self.source.sampled(tasks, batches, self.state)
             return batches
