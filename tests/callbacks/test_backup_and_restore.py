@@ -133,3 +133,70 @@ def test_restarted_run_ends_with_the_reference_weights(runs, kind):
 @pytest.mark.timeout(600)
 def test_resumed_epoch_is_not_ended_by_running_out_of_data(runs):
     assert "ran out of data" not in runs["stderr"]
+
+
+# -- in-process behaviour (an exception stands for the interruption) -----------
+import keras  # noqa: E402
+
+import seqify  # noqa: E402
+from tests.conftest import make_batch, recording_model  # noqa: E402
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
+def _shuffled(**kwargs):
+    return seqify.from_batch_fn(make_batch, 5, seed=3, workers=2, **kwargs)
+
+
+def _fitted(ds, callbacks, epochs=3):
+    model = recording_model()
+    model(np.zeros((1, 3), "float32"))  # built, as BackupAndRestore requires
+    try:
+        model.fit(ds, epochs=epochs, verbose=0, callbacks=callbacks)
+    except RuntimeError:
+        pass
+    return model.trained
+
+
+def test_restart_at_an_epoch_boundary_continues_with_that_epochs_order(tmp_path):
+    with _shuffled() as ds:
+        reference = _fitted(ds, [])
+    backup = str(tmp_path / "backup")
+    with _shuffled() as ds:
+        first = _fitted(ds, [seqify.callbacks.BackupAndRestore(backup), _Interrupt(2)])
+    with _shuffled() as ds:  # a new object starts at epoch 0; the backup says 2
+        second = _fitted(ds, [seqify.callbacks.BackupAndRestore(backup)])
+    assert len(first) == 10
+    assert first + second == reference
+
+
+def test_data_given_explicitly_is_the_one_backed_up(tmp_path):
+    backup = tmp_path / "backup"
+    with _shuffled() as ds, _shuffled() as other:
+        callback = seqify.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False, data=other)
+        _fitted(ds, [callback, _Interrupt(1)])
+        saved = json.loads((backup / "training_metadata.json").read_text())["seqify"]
+    # `other` was never read: its state is the start, not ds's epoch 1.
+    assert [(s["epoch"], s["position"]) for s in saved["data"]] == [(0, 0)]
+
+
+def test_fit_steps_other_than_the_objects_length_are_refused(tmp_path):
+    model = recording_model()
+    model(np.zeros((1, 3), "float32"))  # built, as BackupAndRestore requires
+    with _shuffled() as ds:
+        with pytest.raises(ValueError, match=r"one pass of the data.*runs 3 steps per epoch.*of 5 batches.*steps_per_epoch"):
+            model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0,
+                      callbacks=[seqify.callbacks.BackupAndRestore(str(tmp_path / "b"))])
+
+
+def test_data_that_is_not_a_seqify_object_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="`data` must be a seqify object"):
+        seqify.callbacks.BackupAndRestore(str(tmp_path), data=[np.zeros(3)])
