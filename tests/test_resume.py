@@ -285,3 +285,19 @@ def test_something_that_is_not_a_state_is_refused():
     with build("batch_fn", **INLINE) as ds:
         with pytest.raises(ValueError, match="not a seqify state"):
             ds.set_state({"epoch": 1, "position": 2})
+
+
+def test_each_training_workers_shard_restores_independently():
+    whole = build("batch_fn", **THREADS)
+    with whole.shard(2, 1) as reference:
+        expected = epochs(reference, 2)
+    with whole.shard(2, 1) as first:
+        head, state = take(first, 2, state=True)
+    with whole.shard(2, 1) as second:
+        second.set_state(state)
+        rest = [rows(b) for b in second.iter_epoch(shuffle=True)] + [rows(b) for b in second.iter_epoch(shuffle=True)]
+    assert head + rest == expected
+    with whole.shard(2, 0) as other:
+        with pytest.raises(ValueError, match=r"source: .*\[shard 1/2\].*\[shard 0/2\]"):
+            other.set_state(state)
+    whole.close()
