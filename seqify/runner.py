@@ -50,11 +50,14 @@ def check_state(state, fingerprint: dict) -> None:
         if saved.get(key) != value
     ]
     if differences:
+        hint = ""
+        if saved.get("seed") != fingerprint.get("seed"):
+            hint = " Build the object with an explicit `seed=` (a seed left to None is drawn anew in every run)."
         raise ValueError(
             "This state was saved from a different seqify object (" + "; ".join(differences) + "). "
             "Restoring it would silently change the data. Restore it into the object it came from "
             "(same class, source, number of batches and seed), or start without it (for "
-            "seqify.callbacks.BackupAndRestore: delete its backup_dir)."
+            "seqify.callbacks.BackupAndRestore: delete its backup_dir)." + hint
         )
 
 

@@ -246,6 +246,10 @@ class Sequence(keras.utils.PyDataset):
         (class, source, number of batches, seed) so that a foreign state is
         refused. `seqify.callbacks.BackupAndRestore` saves it for you.
 
+        A subclass whose own state changes the data (an `on_epoch_end` that
+        reshuffles an index with its own RNG) must save that too: override
+        both methods, adding its entries to `super().get_state()`.
+
         Returns:
             A dict of plain ints, strings, bools and None (`json.dumps` it).
 
