@@ -118,6 +118,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._resume_at = None
         saved = self._read_metadata()
         data = saved.get("seqify") if saved else None
+        if saved and data is None and self._objects:
+            warnings.warn(
+                f"The backup in {self.backup_dir!r} has no seqify data state (was it written by "
+                "keras.callbacks.BackupAndRestore?): the model resumes, but the data starts over at its "
+                "first epoch's order. Use seqify.callbacks.BackupAndRestore for the whole run.",
+                stacklevel=2,
+            )
         if data is not None and self._objects:
             states = data.get("data", [])
             if len(states) != len(self._objects):

@@ -200,3 +200,12 @@ def test_fit_steps_other_than_the_objects_length_are_refused(tmp_path):
 def test_data_that_is_not_a_seqify_object_is_refused(tmp_path):
     with pytest.raises(TypeError, match="`data` must be a seqify object"):
         seqify.callbacks.BackupAndRestore(str(tmp_path), data=[np.zeros(3)])
+
+
+def test_a_backup_without_data_state_warns_that_the_data_starts_over(tmp_path):
+    backup = str(tmp_path / "backup")
+    with _shuffled() as ds:
+        _fitted(ds, [keras.callbacks.BackupAndRestore(backup), _Interrupt(1)])
+    with _shuffled() as ds:
+        with pytest.warns(UserWarning, match="no seqify data state.*starts over"):
+            _fitted(ds, [seqify.callbacks.BackupAndRestore(backup)])
