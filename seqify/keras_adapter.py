@@ -14,6 +14,7 @@ See docs/design.md ("How fit drives a seqify object").
 """
 
 import collections
+import sys
 import threading
 import weakref
 
@@ -373,10 +374,36 @@ def _make_adapter(x, arguments):
     # predict() always runs in natural order, whatever the object's own
     # `shuffle`: predictions must line up with the inputs.
     predicting = ki.called_from_predict()
-    return SequenceAdapter(
+    adapter = SequenceAdapter(
         x, class_weight=arguments["class_weight"], shuffle=bool(arguments["shuffle"]), natural=predicting,
         steps_per_epoch=arguments["steps_per_epoch"], keras_epochs=True,
     )
+    if not predicting:
+        _note_training_adapter(adapter)
+    return adapter
+
+
+#: model -> the SequenceAdapter of the training data of its running `fit`
+#: (found by seqify.callbacks.BackupAndRestore).
+training_adapters = weakref.WeakKeyDictionary()
+
+
+def _note_training_adapter(adapter) -> None:
+    # fit() builds its training adapter first thing (before it has an
+    # `epoch_iterator`; validation's comes later); its frame holds the model.
+    fit = ki._code(ki._backend_trainer(), "fit")
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is fit:
+            local = frame.f_locals
+            model = local.get("self")
+            if model is not None and "epoch_iterator" not in local:
+                try:
+                    training_adapters[model] = adapter
+                except TypeError:
+                    pass
+            return
+        frame = frame.f_back
 
 
 def install(sequence_class) -> None:

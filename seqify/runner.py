@@ -30,6 +30,39 @@ from seqify.source import NO_HANDLE, Pass, Source
 
 logger = logging.getLogger("seqify")
 
+#: Version tag of the dicts `get_state()` returns.
+STATE_FORMAT = "seqify.state/1"
+
+
+def check_state(state, fingerprint: dict) -> None:
+    """Raises a clear error for a state that is not this object's."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"`state` is not a seqify state (format {got!r}, expected {STATE_FORMAT!r}). "
+            "Pass a dict returned by `get_state()` (after a JSON round trip is fine)."
+        )
+    for key in ("epoch", "position"):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"`state[{key!r}]` must be an int >= 0; got {value!r}.")
+    saved = state.get("object") or {}
+    differences = [
+        f"{key}: {saved.get(key)!r} in the state, {value!r} here"
+        for key, value in fingerprint.items()
+        if saved.get(key) != value
+    ]
+    if differences:
+        hint = ""
+        if saved.get("seed") != fingerprint.get("seed"):
+            hint = " Build the object with an explicit `seed=` (a seed left to None is drawn anew in every run)."
+        raise ValueError(
+            "This state was saved from a different seqify object (" + "; ".join(differences) + "). "
+            "Restoring it would silently change the data. Restore it into the object it came from "
+            "(same class, source, number of batches and seed), or start without it (for "
+            "seqify.callbacks.BackupAndRestore: delete its backup_dir)." + hint
+        )
+
 
 @dataclasses.dataclass
 class Cursor:
@@ -81,6 +114,13 @@ class EpochRunner:
         self.lock = threading.RLock()
         self.cursor = Cursor()
         self.state = source.make_state()
+        # Consumption, for get_state(): batches handed to consumers in this
+        # process (plus the count a restored state started from), and the
+        # latest pass as [plan, served, finished].
+        self.delivered = 0
+        self._last = None
+        self._resume_shuffle = None  # (Cursor, shuffle) a restored mid-epoch pass keeps
+        self._pass_limit = None  # batches the next pass may serve (a resumed Keras epoch)
         self.signatures = {}  # class_weight given (bool) -> tf.data signature
         self._pool = None
         self._pool_key = None
@@ -172,7 +212,14 @@ class EpochRunner:
             cursor = self.cursor
             resolved = self.workers()  # resolves "auto" here even without workers, so obj.workers reports it
             workers = resolved[0] if self.source.parallel else 0
+            if self._resume_shuffle is not None:
+                # The rest of an interrupted epoch keeps that epoch's order.
+                resumed_at, resumed_shuffle = self._resume_shuffle
+                self._resume_shuffle = None
+                if resumed_at == cursor and self.source.reorders:
+                    shuffle = resumed_shuffle
             plan = Pass(cursor.epoch, cursor.position, shuffle, workers)
+            self._last = [plan, 0, False]
             if self.source.num_batches() is not None:
                 # A finite pass owns its epoch from the start, so that a
                 # concurrent pass (validation on the same object) gets the next.
@@ -181,6 +228,8 @@ class EpochRunner:
 
     def _finish_pass(self, plan: Pass, served: int, completed: bool) -> None:
         with self.lock:
+            if self._last is not None and self._last[0] is plan:
+                self._last[2] = True
             if self.source.num_batches() is None:
                 # Infinite: the next pass continues with the next index.
                 if self.cursor == Cursor(plan.epoch, plan.start):
@@ -200,12 +249,18 @@ class EpochRunner:
         """
         plan = self._claim_pass(self.effective_shuffle(shuffle, force))
         input_wait.note_runner(self)
+        with self.lock:
+            limit, self._pass_limit = self._pass_limit, None
         served = 0
         completed = False
+        record = self._last
         if delivered is not None:
             delivered.plan = plan
         submitted = collections.deque()  # items in flight, in delivery order
         try:
+            if limit is not None and limit <= 0:
+                completed = True
+                return
             if not self.source.parallel:
                 batches = self._inline(plan, submitted)
             else:
@@ -215,7 +270,16 @@ class EpochRunner:
                 task = submitted.popleft()
                 if delivered is not None:
                     delivered.record(task, batch if self.source.keeps_batches else None)
+                # Counted when handed over, not when built: batches read
+                # ahead by the window are not consumed (see get_state).
+                with self.lock:
+                    self.delivered += 1
+                    if record is self._last:
+                        record[1] = served
                 yield batch
+                if limit is not None and served >= limit:
+                    batches.close()  # a resumed epoch: only its remaining steps
+                    break
             completed = True
         finally:
             self._finish_pass(plan, served, completed)
@@ -292,6 +356,81 @@ class EpochRunner:
     def _abandon(self, pending) -> None:
         self.source.abandon(pending, self.state)
 
+    # -- resumable state (see Sequence.get_state) ---------------------------
+    def consumed(self, rewind: int = 0) -> Cursor:
+        """Where the next batch a consumer receives comes from.
+
+        Args:
+            rewind: batches handed over but not used (a trainer's read-ahead)
+                to count as not consumed.
+        """
+        with self.lock:
+            last = self._last
+            if last is None or (last[2] and rewind == 0):
+                return Cursor(self.cursor.epoch, self.cursor.position)
+            plan, served, _ = last
+            if not 0 <= rewind <= served:
+                raise ValueError(
+                    f"cannot rewind {rewind} batches: the latest pass handed out {served}. "
+                    "(Was the same seqify object also read by something else, such as validation_data?)"
+                )
+            position = plan.start + served - rewind
+            n = self.source.num_batches()
+            if n is not None and position >= n:
+                return Cursor(plan.epoch + 1, 0)
+            return Cursor(plan.epoch, position)
+
+    def get_state(self, fingerprint: dict, rewind: int = 0) -> dict:
+        """The consumption state (see `seqify.Sequence.get_state`)."""
+        with self.lock:
+            at = self.consumed(rewind)
+            last = self._last
+            shuffle = None
+            if at.position > 0 and last is not None and last[0].epoch == at.epoch:
+                shuffle = bool(last[0].shuffle)
+            state = {
+                "format": STATE_FORMAT,
+                "object": dict(fingerprint),
+                "epoch": at.epoch,
+                "position": at.position,
+                "shuffle": shuffle,
+            }
+            workers = max(self.workers()[0], 1) if self.source.parallel else 1
+            source_state = getattr(self.source, "get_state", None)
+            if source_state is not None:
+                state["stream"] = source_state(self.state, self.delivered - rewind, workers)
+            return state
+
+    def set_state(self, state: dict, fingerprint: dict) -> None:
+        """Makes the next batch served the one `state` says comes next."""
+        check_state(state, fingerprint)
+        epoch, position = int(state["epoch"]), int(state["position"])
+        n = self.source.num_batches()
+        if n is not None and not 0 <= position < n:
+            raise ValueError(f"state position {position} is outside an epoch of {n} batches.")
+        with self.lock:
+            restore = getattr(self.source, "set_state", None)
+            if restore is not None:
+                stream = state.get("stream")
+                if not isinstance(stream, dict):
+                    raise ValueError("this state has no stream position (`state['stream']`): it was not saved from a stream.")
+                workers = max(self.workers()[0], 1) if self.source.parallel else 1
+                idle = self._last is None or self._last[2]
+                moved = restore(self.state, stream, workers, self.delivered if idle else None)
+                if moved and getattr(self.source, "samples_on_pool", False):
+                    self._close_pool()  # shard generators restart at their restored positions
+                self.delivered = int(stream["items"])
+            self.cursor = Cursor(epoch, position)
+            self._last = None
+            shuffle = state.get("shuffle")
+            self._resume_shuffle = (Cursor(epoch, position), bool(shuffle)) if position and shuffle is not None else None
+            self._pass_limit = None
+
+    def limit_next_pass(self, count: Optional[int]) -> None:
+        """The next pass serves at most `count` batches (a resumed partial epoch)."""
+        with self.lock:
+            self._pass_limit = count
+
     def sample_batches(self, count: int) -> list:
         """The first `count` batches, consuming nothing.
 
@@ -299,8 +438,13 @@ class EpochRunner:
         from the workers (sharded streams keep them for the next pass).
         """
         with self.lock:
+            # The pool first: a new one's job is made from the state before
+            # these tasks claim their stream items (sharded streams skip
+            # what their shards produced before).
+            pool = self.pool() if self.source.samples_on_pool else None
             tasks = self.source.sample_tasks(count, self.state, self.workers()[0] if self.source.samples_on_pool else 0)
-            pool = self.pool() if self.source.samples_on_pool else InlinePool(self.source.make_job())
+            if pool is None:
+                pool = InlinePool(self.source.make_job())
             batches = [pool.submit(task).result() for task in tasks]
             self.source.sampled(tasks, batches, self.state)
             return batches

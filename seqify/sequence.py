@@ -218,6 +218,74 @@ class Sequence(keras.utils.PyDataset):
         """
         return self._runner.iter_epoch(shuffle)
 
+    # -- resumable state ----------------------------------------------------
+    def _state_fingerprint(self) -> dict:
+        """What identifies this object's data: a state from another is refused."""
+        cls = type(self)
+        return {
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "source": self._state_source(),
+            "num_batches": self._runner.source.num_batches(),
+            "seed": self.seed,
+        }
+
+    def _state_source(self) -> str:
+        # A subclass's data is its class (already in the fingerprint).
+        return "getitem"
+
+    def get_state(self) -> dict:
+        """Where this object's data stands: a small JSON-serialisable dict.
+
+        It records what was *consumed* (the batches handed to `fit` or to a
+        `for` loop), not what the workers built ahead: the epoch, the
+        position in it, the order of the epoch in progress, and for streams
+        the stream position (per shard for sharded streams). Order and
+        `worker_info().rng()` are functions of (seed, epoch, index), so
+        with `set_state` the next batch is exactly the one that would have
+        come next, under any worker setting. Also carries a fingerprint
+        (class, source, number of batches, seed) so that a foreign state is
+        refused. `seqify.callbacks.BackupAndRestore` saves it for you.
+
+        A subclass whose own state changes the data (an `on_epoch_end` that
+        reshuffles an index with its own RNG) must save that too: override
+        both methods, adding its entries to `super().get_state()`.
+
+        Returns:
+            A dict of plain ints, strings, bools and None (`json.dumps` it).
+
+        Example:
+
+        ```python
+        state = ds.get_state()           # e.g. {"epoch": 3, "position": 17, ...}
+        json.dump(state, open("data.json", "w"))
+        # ... later, in a new process, on an identically built object:
+        ds.set_state(json.load(open("data.json")))
+        ```
+        """
+        return self._runner.get_state(self._state_fingerprint())
+
+    def set_state(self, state: dict) -> None:
+        """Resumes this object where `state` (from `get_state`) left off.
+
+        The next batch served (by `fit` or `iter_epoch`) is the one that
+        would have come next; a mid-epoch state continues that epoch with
+        its remaining batches, in the same order. A stream made from a
+        generator *function* or an iterable is replayed to its position
+        without running `transform`; see `seqify.from_generator` (`seek=`).
+
+        Args:
+            state: a dict returned by `get_state()` of an identically built
+                object (class, source, number of batches, seed), possibly
+                after a JSON round trip, under any worker setting.
+
+        Raises:
+            ValueError: `state` is not a seqify state or is another object's
+                (the message says which field differs).
+            TypeError: a stream made from a generator *object* (it cannot be
+                replayed; pass the generator function, or `seek=`).
+        """
+        self._runner.set_state(state, self._state_fingerprint())
+
     def __iter__(self):
         return self.iter_epoch()
 

@@ -22,6 +22,10 @@ class _ArraySlicer:
         self.seed = seed
         self._perm = (None, None)
 
+    def describe_source(self) -> str:
+        shapes = [tuple(np.shape(leaf)) for leaf in tree.leaves(self.data)]
+        return f"arrays:{self.num_samples}x{self.batch_size}:{shapes}"
+
     def _permutation(self, epoch):
         cached_epoch, perm = self._perm
         if cached_epoch != epoch:

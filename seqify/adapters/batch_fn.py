@@ -45,6 +45,16 @@ class BatchFnSequence(Sequence):
             raise TypeError("an infinite seqify source (num_batches=None) has no len()")
         return self._num
 
+    def _state_source(self) -> str:
+        fn, shard = self._fn, ""
+        if isinstance(fn, _ShardFn):
+            fn, shard = fn.fn, f"[shard {fn.index}/{fn.num_shards}]"
+        describe = getattr(fn, "describe_source", None)
+        if describe is not None:
+            return describe() + shard
+        name = getattr(fn, "__qualname__", type(fn).__qualname__)
+        return f"fn:{getattr(fn, '__module__', '?')}.{name}{shard}"
+
     def _make_source(self):
         # Only `fn` travels to workers, not this (Keras) object: spawn and
         # forkserver workers then never import Keras or TensorFlow.

@@ -4,7 +4,9 @@ import collections
 import collections.abc
 import functools
 import inspect
+import logging
 import os
+import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -19,6 +21,8 @@ from seqify.engine.stream import Stream, StreamEnd
 from seqify.sequence import Sequence
 from seqify.source import NO_HANDLE, Pass, discard_all
 
+logger = logging.getLogger("seqify")
+
 
 class StreamSource:
     """One producer thread reads the stream; workers only run `transform`.
@@ -32,9 +36,10 @@ class StreamSource:
     samples_on_pool = False
     keeps_batches = False
 
-    def __init__(self, make_iterator, restartable, num_batches, transform, seed, buffer_size, name):
+    def __init__(self, make_iterator, restartable, num_batches, transform, seed, buffer_size, name, seek=None):
         self._make_iterator = make_iterator
         self._restartable = restartable
+        self._seek = seek  # seek(n) -> iterator from item n of a run, or None
         self._num = num_batches
         self._transform = transform
         self._seed = seed
@@ -75,9 +80,50 @@ class StreamSource:
             ) from None
 
     def tasks(self, plan: Pass, stream: Stream):
-        for position in range(self._num):
+        for position in range(plan.start, self._num):
             index, item = self.next_item(stream, position, plan.epoch)
             yield Task(TaskKind.TRANSFORM, plan.epoch, index, item)
+
+    def get_state(self, stream: Stream, items: int, workers: int) -> dict:
+        # Items reach consumers in stream order, so the next one to serve is
+        # item `items` (the count served); read-ahead does not count.
+        return {"items": items, "run_start": stream.run_start(items)}
+
+    def set_state(self, stream: Stream, saved: dict, workers: int, current=None) -> None:
+        items, run_start = int(saved["items"]), int(saved.get("run_start", 0))
+        if items == current:
+            return False  # already there (a round trip in this process): nothing to replay
+        offset = items - run_start
+        if not 0 <= offset:
+            raise ValueError(f"bad stream state: item {items} before its run's start {run_start}.")
+        if self._seek is not None:
+            stream.reposition(iter(self._seek(offset)), items, offset)
+            return True
+        if not self._restartable:
+            raise TypeError(
+                "This stream was made from a generator *object*, which cannot be replayed to a saved "
+                f"position (item {items}). Pass the generator function instead "
+                "(seqify.from_generator(my_generator, args=(...), steps_per_epoch=N)), which seqify "
+                "replays, or give `seek=` (a function returning an iterator positioned at item n)."
+            )
+        started = time.perf_counter()
+        iterator = self._make_iterator()
+        for skipped in range(offset):
+            try:
+                next(iterator)
+            except StopIteration:
+                raise ValueError(
+                    f"Replaying the stream to resume it: the generator ended after {skipped} items, but the "
+                    f"saved position is {offset} items into it. Resuming by replay needs a generator that "
+                    "yields the same items every time it is called (seed its randomness from its arguments), "
+                    "or a `seek=` function."
+                ) from None
+        elapsed = time.perf_counter() - started
+        self.last_replay = (offset, elapsed)
+        if offset:
+            logger.info("seqify: resumed %s by replaying %d items (transform not run) in %.3f s", self._name, offset, elapsed)
+        stream.reposition(iterator, items, offset)
+        return True
 
     def sample_tasks(self, count: int, stream: Stream, workers: int = 0):
         items = []
@@ -144,7 +190,9 @@ class ShardedStreamSource:
     samples_on_pool = True
     keeps_batches = True
 
-    def __init__(self, source, args, kwargs, num_batches, transform, seed, training_shard):
+    def __init__(self, source, args, kwargs, num_batches, transform, seed, training_shard, seek=None):
+        self._seek = seek
+        self._state = None
         self._source = source
         self._args = args
         self._kwargs = kwargs
@@ -157,16 +205,39 @@ class ShardedStreamSource:
         return self._num
 
     def make_job(self) -> Job:
+        # A new pool runs new shard generators: each first skips what its
+        # shard already produced (a restored state, or a pool restarted).
+        produced = self._state.next_index if self._state is not None else 0
         return Job(
             transform=self._transform, seed=self._seed,
             shard_source=(self._source, self._args, self._kwargs), training_shard=self._training_shard,
+            shard_skip=produced, shard_seek=self._seek,
         )
 
     def reship(self) -> bool:
         return False
 
     def make_state(self) -> ShardState:
-        return ShardState()
+        self._state = ShardState()
+        return self._state
+
+    def get_state(self, state: ShardState, items: int, workers: int) -> dict:
+        # Item g is shard g % workers's: each shard's position follows.
+        return {"items": items, "shards": workers, "per_shard": [len(range(s, items, workers)) for s in range(workers)]}
+
+    def set_state(self, state: ShardState, saved: dict, workers: int, current=None) -> None:
+        shards = int(saved.get("shards", 0))
+        if shards != workers:
+            raise ValueError(
+                f"This sharded stream's state was saved with {shards} worker shard(s), but this object runs "
+                f"{workers}: stream item g comes from shard g % workers, so another worker count is another "
+                f"stream. Restore it with workers={shards} (each worker's generator resumes at its own position)."
+            )
+        if int(saved["items"]) == current:
+            return False
+        state.next_index = int(saved["items"])
+        state.head.clear()
+        return True  # the shard generators must restart (a new pool) to get there
 
     def _new_tasks(self, epoch, count, state, workers):
         shards = max(workers, 1)
@@ -178,10 +249,11 @@ class ShardedStreamSource:
 
     def tasks(self, plan: Pass, state: ShardState):
         served = 0
-        while state.head and served < self._num:
+        wanted = self._num - plan.start
+        while state.head and served < wanted:
             yield state.head.popleft()
             served += 1
-        yield from self._new_tasks(plan.epoch, self._num - served, state, plan.workers)
+        yield from self._new_tasks(plan.epoch, wanted - served, state, plan.workers)
 
     def sample_tasks(self, count: int, state: ShardState, workers: int = 0):
         # Samples are real stream items: built on the pool, kept in `head`.
@@ -217,7 +289,7 @@ class GeneratorSequence(Sequence):
 
     def __init__(self, source, *, steps_per_epoch=None, args=(), kwargs=None, transform=None, buffer_size=None,
                  workers=1, use_multiprocessing=False, max_queue_size=10, seed=None, start_method=None, sharded=False,
-                 output_signature=None, _training_shard=(0, 1)):
+                 output_signature=None, seek=None, _training_shard=(0, 1)):
         super().__init__(workers, use_multiprocessing, max_queue_size, seed=seed, start_method=start_method,
                          output_signature=output_signature)
         kwargs = dict(kwargs or {})
@@ -259,6 +331,10 @@ class GeneratorSequence(Sequence):
                 ) from None
             if num < 1:
                 raise ValueError("`source` has len() 0: it yields no batch.")
+        if seek is not None and not callable(seek):
+            raise TypeError(f"`seek` must be a callable `seek(n, *args, **kwargs) -> iterator` or None; got {type(seek).__name__}.")
+        if seek is not None and sharded and self.settings.uses_processes:
+            check_picklable(seek, "seek")
         if transform is not None and not callable(transform):
             raise TypeError(f"`transform` must be a callable `transform(batch) -> batch` or None; got {type(transform).__name__}.")
         if buffer_size is None:
@@ -278,6 +354,7 @@ class GeneratorSequence(Sequence):
         self._buffer_size = int(buffer_size)
         self._num = num
         self._sharded = bool(sharded)
+        self._seek = seek
         self._training_shard = tuple(_training_shard)
         self._owner_pid = os.getpid()
 
@@ -292,12 +369,25 @@ class GeneratorSequence(Sequence):
         if self._sharded:
             return ShardedStreamSource(
                 self._source, self._args, self._kwargs, self._num, self._transform, self.seed, self._training_shard,
+                seek=self._seek,
             )
         factory = functools.partial(_make_iterator, self._source_kind, self._source, self._args, self._kwargs)
+        seek = None
+        if self._seek is not None:
+            seek = functools.partial(_call_seek, self._seek, self._args if self._source_kind == "function" else (), self._kwargs)
         return StreamSource(
             factory, self._source_kind != "iterator", self._num, self._transform, self.seed, self._buffer_size,
-            name=f"{type(self).__name__}-producer",
+            name=f"{type(self).__name__}-producer", seek=seek,
         )
+
+    def _state_source(self) -> str:
+        source = self._source
+        if self._source_kind == "function":
+            name = f"{getattr(source, '__module__', '?')}.{getattr(source, '__qualname__', type(source).__qualname__)}"
+        else:
+            name = type(source).__qualname__
+        shard = f"[shard {self._training_shard[0]}/{self._training_shard[1]}]" if self._sharded else ""
+        return f"{'sharded-' if self._sharded else ''}stream:{self._source_kind}:{name}{shard}"
 
     def shard(self, num_shards: int, index: int) -> "GeneratorSequence":
         """Training worker `index` of `num_shards`'s part of a sharded stream.
@@ -336,7 +426,7 @@ class GeneratorSequence(Sequence):
             transform=self._transform, buffer_size=self._buffer_size, workers=s.workers,
             use_multiprocessing=s.use_multiprocessing, max_queue_size=s.max_queue_size,
             seed=s.seed, start_method=s.start_method, sharded=True, output_signature=s.output_signature,
-            _training_shard=(int(index), int(num_shards)),
+            seek=self._seek, _training_shard=(int(index), int(num_shards)),
         )
 
     def __reduce_ex__(self, protocol):
@@ -382,12 +472,18 @@ class GeneratorSequence(Sequence):
             epoch = runner.cursor.epoch
             item_index, raw = source.next_item(runner.state, position, epoch)
             runner.cursor = type(runner.cursor)(epoch + (position + 1) // self._num, (position + 1) % self._num)
+            runner.delivered += 1
+            runner._last = None  # the cursor itself says what comes next
         task = Task(TaskKind.TRANSFORM, epoch, item_index, raw)
         try:
             return InlinePool(source.make_job()).submit(task).result()
         except BaseException:
             source.abandon([(task, NO_HANDLE)], runner.state)
             raise
+
+
+def _call_seek(seek, args, kwargs, n):
+    return seek(n, *args, **kwargs)
 
 
 def _make_iterator(kind, source, args, kwargs):
@@ -422,6 +518,7 @@ def from_generator(
     start_method: Optional[str] = None,
     sharded: bool = False,
     output_signature=None,
+    seek: Optional[Callable] = None,
 ) -> GeneratorSequence:
     """Adapts a legacy `fit_generator` generator into a Keras-ready Sequence.
 
@@ -485,5 +582,5 @@ def from_generator(
         source, steps_per_epoch=steps_per_epoch, args=args, kwargs=kwargs, transform=transform,
         buffer_size=buffer_size, workers=workers, use_multiprocessing=use_multiprocessing,
         max_queue_size=max_queue_size, seed=seed, start_method=start_method, sharded=sharded,
-        output_signature=output_signature,
+        output_signature=output_signature, seek=seek,
     )

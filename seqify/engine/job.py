@@ -25,12 +25,17 @@ class Job:
         seed: integer seed for `WorkerInfo.rng()`.
     """
 
-    def __init__(self, fetch=None, transform=None, seed: int = 0, shard_source=None, training_shard=(0, 1)):
+    def __init__(self, fetch=None, transform=None, seed: int = 0, shard_source=None, training_shard=(0, 1),
+                 shard_skip: int = 0, shard_seek=None):
         self.fetch = fetch
         self.transform = transform
         self.seed = seed
         self.shard_source = shard_source  # (generator function, args, kwargs)
         self.training_shard = training_shard  # (index, count) from Sequence.shard()
+        # Stream items the shards produced before this job (a resumed state):
+        # a new shard generator first moves past its share of them.
+        self.shard_skip = shard_skip
+        self.shard_seek = shard_seek  # seek(n, *args, **kwargs) -> iterator, or None (replay)
         self._shards = {}  # worker id -> that worker's running shard generator
 
     def __getstate__(self):
@@ -42,7 +47,21 @@ class Job:
         iterator = self._shards.get(worker_id)
         if iterator is None:
             function, args, kwargs = self.shard_source
-            iterator = self._shards[worker_id] = iter(function(*args, **kwargs))
+            skip = len(range(max(worker_id, 0), self.shard_skip, max(num_workers, 1)))
+            if self.shard_seek is not None:
+                iterator = iter(self.shard_seek(skip, *args, **kwargs))
+            else:
+                iterator = iter(function(*args, **kwargs))
+                for skipped in range(skip):  # replay, without the transform
+                    try:
+                        next(iterator)
+                    except StopIteration:
+                        raise errors.StreamExhaustedError(
+                            f"Resuming the shard generator of worker {worker_id}: it ended after {skipped} of "
+                            f"the {skip} items it produced before. Resuming by replay needs generators that "
+                            "yield the same items each time they are called, or a `seek=` function."
+                        ) from None
+            self._shards[worker_id] = iterator
         try:
             return next(iterator)
         except StopIteration:

@@ -56,6 +56,9 @@ class Stream:
         self._ended = False
         self._next_index = 0
         self.produced = 0  # items taken from the iterator since it (re)started
+        # Stream index of the first item of each recent run of the iterator
+        # (a finite source restarts at epoch boundaries): what a replay needs.
+        self._run_starts = collections.deque(maxlen=8)
 
     def _ensure_iterator(self):
         state = self._state
@@ -63,6 +66,7 @@ class Stream:
             state.iterator = self._make_iterator()
             state.done = False
             self.produced = 0
+            self._run_starts.append(self._next_index)
         if self._thread is None or not self._thread.is_alive():
             state.stop = False
             self._thread = threading.Thread(target=_produce, args=(state,), name=self._name, daemon=True)
@@ -93,6 +97,26 @@ class Stream:
         """Puts unconsumed `(index, item)` pairs back, in order, at the front."""
         with locks.get_lock(self._lock_key):
             self._head.extendleft(reversed(list(items)))
+
+    def run_start(self, index: int) -> int:
+        """Stream index of the first item of the run that holds item `index`."""
+        with locks.get_lock(self._lock_key):
+            starts = [start for start in self._run_starts if start <= index]
+            return max(starts) if starts else 0
+
+    def reposition(self, iterator, index: int, offset: int) -> None:
+        """Continues from `iterator`, whose next item is stream item `index`,
+        `offset` items into its run. Anything buffered is dropped."""
+        with locks.get_lock(self._lock_key):
+            self._stop_producer()
+            self._state.reset()
+            self._head.clear()
+            self._state.iterator = iterator
+            self._ended = False
+            self._next_index = index
+            self.produced = offset
+            self._run_starts.clear()
+            self._run_starts.append(index - offset)
 
     def restart(self) -> None:
         """Starts a fresh iterator after the stream ended."""
