@@ -13,9 +13,12 @@ fit/evaluate/predict call. It:
 See docs/design.md ("How fit drives a seqify object").
 """
 
+import weakref
+
 import numpy as np
 
 from seqify import keras_internals as ki
+from seqify import tf_dataset
 from seqify.threadsafe import ThreadSafeIterator
 
 _sequence_class = None
@@ -95,10 +98,13 @@ class SequenceAdapter(ki.DataAdapter):
     def get_torch_dataloader(self):
         return ki.get_torch_dataloader(self._batches())
 
-    def _tf_batches(self, check):
-        for batch in self._batches():
-            check(batch)
-            yield batch
+    def _tf_batches(self, carried=0):
+        # One pass for the tf.data path; `carried` batches a dropped
+        # iteration handed back are served first, so take fewer.
+        batches = self._batches()
+        if not carried:
+            return batches
+        return _first(batches, max(0, (self.num_batches or 0) - carried))
 
     def get_tf_dataset(self, signature=None):
         from keras.src.utils.module_utils import tensorflow as tf
@@ -106,7 +112,22 @@ class SequenceAdapter(ki.DataAdapter):
         if signature is None:
             signature = output_signature(self.sequence, self.class_weight)
         check = _SignatureCheck(signature, type(self.sequence).__name__)
-        ds = tf.data.Dataset.from_generator(lambda: self._tf_batches(check), output_signature=signature)
+        runner = self.sequence._runner
+        keep = None
+        boundary = None
+        if not runner.source.reorders:
+            # A stream: batches pulled ahead but not taken go back (served
+            # first next time). Under a tf.distribute strategy the in-graph
+            # counter that tells them apart is not available: one batch per
+            # crossing then, which never pulls ahead.
+            if tf.distribute.has_strategy():
+                boundary = 1
+            else:
+                keep = _tf_carry(runner)
+                boundary = getattr(self, "steps_per_epoch", None)
+        # Several batches per Python crossing, split in the graph: see
+        # seqify/tf_dataset.py and docs/design.md ("The TensorFlow fit path").
+        ds = tf_dataset.make_dataset(self._tf_batches, signature, check=check, boundary=boundary, keep=keep)
         # seqify's engine already runs ahead in parallel; tf.data's own
         # autotuned threads would only compete with it for the cores. No
         # tf.data prefetch either: batches it pre-pulled would be dropped
@@ -152,10 +173,35 @@ class SequenceAdapter(ki.DataAdapter):
         return None
 
 
+
+
+_CARRY = weakref.WeakKeyDictionary()  # runner -> stream batches a dropped tf.data iteration gave back
+
+
+def _tf_carry(runner):
+    carry = _CARRY.get(runner)
+    if carry is None:
+        carry = _CARRY[runner] = tf_dataset.Carry()
+    return carry
+
+
+def _first(batches, count):
+    try:
+        for _ in range(count):
+            try:
+                yield next(batches)
+            except StopIteration:
+                return
+    finally:
+        batches.close()
+
+
 _OWN_CODES = (
     SequenceAdapter._batches.__code__,
     SequenceAdapter._numpy_batches.__code__,
-    SequenceAdapter._tf_batches.__code__,
+    _first.__code__,
+    tf_dataset._Chunker.__call__.__code__,
+    tf_dataset._chain.__code__,
 )
 
 
@@ -285,7 +331,9 @@ def _make_adapter(x, arguments):
     # predict() always runs in natural order, whatever the object's own
     # `shuffle`: predictions must line up with the inputs.
     predicting = ki.called_from_predict()
-    return SequenceAdapter(x, class_weight=arguments["class_weight"], shuffle=bool(arguments["shuffle"]), natural=predicting)
+    adapter = SequenceAdapter(x, class_weight=arguments["class_weight"], shuffle=bool(arguments["shuffle"]), natural=predicting)
+    adapter.steps_per_epoch = arguments.get("steps_per_epoch")  # chunks of the tf.data path never cross it
+    return adapter
 
 
 def install(sequence_class) -> None:
