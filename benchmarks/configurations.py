@@ -15,7 +15,7 @@ from benchmarks import workloads
 #: Backend -> the paths `fit` takes there (`numpy`: Keras's generic
 #: EpochIterator over `get_numpy_iterator`, which the TF backend also uses
 #: for evaluate/predict on numpy-friendly adapters; `tf`: `get_tf_dataset`).
-PATHS = {"tensorflow": ("numpy", "tf"), "jax": ("jax",), "torch": ("torch",)}
+PATHS = {"tensorflow": ("numpy", "tf", "tf32"), "jax": ("jax",), "torch": ("torch",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,7 @@ class GraphOnly:
         return iter(self.dataset)
 
 
-ALL_PATHS = ("numpy", "tf", "jax", "torch")
+ALL_PATHS = ("numpy", "tf", "tf32", "jax", "torch")
 CONFIGS = [
     Config("plain loop", "plain", PlainLoop, ("numpy",)),
     Config("Keras PyDataset, workers=1", "keras", _keras(1, False), ALL_PATHS, 1),
@@ -157,9 +157,9 @@ CONFIGS = [
     Config("seqify, 2 processes", "seqify", _seqify(2, True), ALL_PATHS, 2, True),
     Config("torch DataLoader, 2 processes", "torch", _peer(TorchLoader, 2), ("numpy",), 2, True),
     Config("Grain DataLoader, 2 processes", "grain", _peer(GrainLoader, 2), ("numpy",), 2, True),
-    Config("tf.data in-graph dataset (ceiling)", "ceiling", GraphOnly, ("tf",)),
+    Config("tf.data in-graph dataset (ceiling)", "ceiling", GraphOnly, ("tf", "tf32")),
 ]
-QUICK_SKIP = {("jax", "Keras PyDataset, 2 processes"), ("torch", "Keras PyDataset, 2 processes")}
+QUICK_SKIP = {(path, "Keras PyDataset, 2 processes") for path in ("jax", "torch", "tf32")} | {("tf32", "seqify, 2 processes")}
 
 WORKLOADS = {
     "tiny": workloads.tiny,

@@ -75,8 +75,11 @@ def epoch_runner(obj, family, path):
             return count
 
         return plain_epoch
-    if path == "numpy":
-        from keras.src.trainers.epoch_iterator import EpochIterator
+    if path in ("numpy", "torch"):
+        if path == "numpy":
+            from keras.src.trainers.epoch_iterator import EpochIterator
+        else:  # the base class's buffered __next__, over get_torch_dataloader()
+            from keras.src.backend.torch.trainer import TorchEpochIterator as EpochIterator
 
         iterator = EpochIterator(x=obj, shuffle=False)
 
@@ -89,31 +92,35 @@ def epoch_runner(obj, family, path):
             return count
 
         return numpy_epoch
-    if path == "tf":
+    if path in ("tf", "tf32"):
         import tensorflow as tf
         from keras.src.backend.tensorflow.trainer import TFEpochIterator
 
-        iterator = TFEpochIterator(x=obj, shuffle=False, distribute_strategy=tf.distribute.get_strategy())
+        per_call = SPE if path == "tf32" else 1
+        iterator = TFEpochIterator(x=obj, shuffle=False, distribute_strategy=tf.distribute.get_strategy(),
+                                   steps_per_execution=per_call)
 
         @tf.function
         def step(data_iterator):
-            # What Keras's train_function does with its iterator, minus the model.
-            batch = next(data_iterator)
-            return tf.shape(tf.nest.flatten(batch)[0])[0]
+            # What Keras's train_function does with its iterator, minus the
+            # model: `steps_per_execution` next() calls inside one graph call.
+            total = tf.constant(0)
+            for _ in tf.range(per_call):
+                batch = next(data_iterator)
+                total += tf.shape(tf.nest.flatten(batch)[0])[0]
+            return total
 
         def tf_epoch():
             count = 0
             for _begin, _end, data_iterator in iterator:
                 step(data_iterator)
-                count += 1
+                count += per_call
             return count
 
         return tf_epoch
-    if path == "jax":
-        from keras.src.backend.jax.trainer import JAXEpochIterator as Iterator
-    else:
-        from keras.src.backend.torch.trainer import TorchEpochIterator as Iterator
-    iterator = Iterator(x=obj, shuffle=False)
+    from keras.src.backend.jax.trainer import JAXEpochIterator
+
+    iterator = JAXEpochIterator(x=obj, shuffle=False)
 
     def backend_epoch():
         count = 0
@@ -142,6 +149,8 @@ def close(obj):
 
 def timed_epochs(cfg, fn, n, path, epochs):
     """Builds `cfg` with `n` batches; returns (first epoch s, [seconds of each later epoch])."""
+    if path == "tf32":
+        n = -(-n // SPE) * SPE
     obj = cfg.make(fn, n)
     try:
         run = epoch_runner(obj, cfg.family, path)
@@ -162,6 +171,8 @@ def timed_epochs(cfg, fn, n, path, epochs):
         close(obj)
 
 
+SPE = 32  # steps_per_execution of the "tf32" path
+
 PROBE = {"tiny": 400, "numpy_gil_free": 16, "python_gil": 16, "large_payload": 12}
 
 
@@ -176,6 +187,8 @@ def measure(cfg, workload, fn, path, target, reps):
         if min(times) >= target * 0.9:
             break
         n = math.ceil(n * target * 1.3 / min(times))
+    if path == "tf32":
+        n = -(-n // SPE) * SPE
     return dict(config=cfg.name, family=cfg.family, workload=workload, path=path, n=n,
                 first_epoch_s=first, epoch_s=times, rates=[n / t for t in times])
 
@@ -197,6 +210,7 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=None, help="comma-separated configuration names (substrings)")
+    parser.add_argument("--paths", default=None, help="comma-separated paths (default: all of the backend's)")
     args = parser.parse_args(argv)
     os.environ["KERAS_BACKEND"] = args.backend
     _quiet_keras()
@@ -208,7 +222,7 @@ def main(argv=None):
     names = args.workloads.split(",") if args.workloads else (
         configurations.QUICK_WORKLOADS if args.quick else list(configurations.WORKLOADS))
     records = []
-    for path in configurations.PATHS[args.backend]:
+    for path in (args.paths.split(",") if args.paths else configurations.PATHS[args.backend]):
         cfgs = configurations.configs_for(path, args.quick)
         if args.only:
             cfgs = [c for c in cfgs if any(s in c.name for s in args.only.split(","))]

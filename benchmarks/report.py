@@ -1,11 +1,17 @@
 """Report: the Markdown tables and the PNG chart from the measured records."""
 
+import argparse
+import datetime
+import json
+import os
+import platform
 import statistics
 
 ANALYSIS_MARKER = "<!-- Everything below this line is hand-written analysis; benchmarks/run.py keeps it when it rewrites this file. -->"
 PATH_TITLES = {
     "numpy": "numpy path (Keras's EpochIterator over `get_numpy_iterator`; peers iterated directly)",
     "tf": "TensorFlow fit path (`get_tf_dataset()` through `TFEpochIterator`, a `tf.function` step per batch)",
+    "tf32": "TensorFlow fit path with `steps_per_execution=32` (32 `next()` per `tf.function` call, as `compile(steps_per_execution=32)`)",
     "jax": "JAX fit path (`get_jax_iterator()` through `JAXEpochIterator`)",
     "torch": "torch fit path (`get_torch_dataloader()` through `TorchEpochIterator`)",
 }
@@ -33,7 +39,7 @@ def _ratio(a, b):
 
 def tables(records):
     out = []
-    paths = [p for p in ("numpy", "tf", "jax", "torch") if any(r["path"] == p for r in records)]
+    paths = [p for p in ("numpy", "tf", "tf32", "jax", "torch") if any(r["path"] == p for r in records)]
     for path in paths:
         rows = [r for r in records if r["path"] == path]
         out.append(f"### {PATH_TITLES[path]}\n")
@@ -78,19 +84,21 @@ def targets(records):
     keras1 = rate("numpy", "tiny", "Keras PyDataset, workers=1")
     for config in ("seqify, workers=0", "seqify, 2 threads", "seqify, 2 processes"):
         check(f"tiny, {config} vs Keras workers=1 (numpy path, never slower)", div(rate("numpy", "tiny", config), keras1), 1.0)
-    keras_tf = _best(records, "tf", "tiny", "keras")
-    seq_tf = _best(records, "tf", "tiny", "seqify")
-    check("tiny, TF path: seqify's best vs Keras's best get_tf_dataset", div(seq_tf and median(seq_tf), keras_tf and median(keras_tf)), 5.0)
+    for path in ("tf", "tf32"):
+        keras_tf = _best(records, path, "tiny", "keras")
+        seq_tf = _best(records, path, "tiny", "seqify")
+        check(f"tiny, {path} path: seqify's best vs Keras's best get_tf_dataset", div(seq_tf and median(seq_tf), keras_tf and median(keras_tf)), 5.0)
     for workload in ("large_payload", "numpy_gil_free", "python_gil"):
         seq_tf = _best(records, "tf", workload, "seqify")
         seq_np = _best(records, "numpy", workload, "seqify")
         if seq_tf and seq_np:
             check(f"{workload}, TF path vs seqify's numpy path (best settings)", median(seq_tf) / median(seq_np), 0.9)
-    ceiling = rate("tf", "tiny", "tf.data in-graph dataset (ceiling)")
-    if ceiling:
-        best = _best(records, "tf", "tiny", "seqify")
-        lines.append(f"- (context) tiny, TF path: an in-graph dataset steps at {ceiling:,.0f}/s here; seqify's best reaches "
-                     f"{median(best) / ceiling:.2f}× of that ceiling")
+    for path in ("tf", "tf32"):
+        ceiling = rate(path, "tiny", "tf.data in-graph dataset (ceiling)")
+        best = _best(records, path, "tiny", "seqify")
+        if ceiling and best:
+            lines.append(f"- (context) tiny, {path} path: a dataset built in the graph (no Python at all) steps at {ceiling:,.0f}/s "
+                         f"here; seqify's best reaches {median(best) / ceiling:.2f}× of that ceiling")
     return "\n".join(lines)
 
 
@@ -101,7 +109,7 @@ def chart(records, path_png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [p for p in ("numpy", "tf", "jax", "torch") if any(r["path"] == p and "rates" in r for r in records)]
+    paths = [p for p in ("numpy", "tf", "tf32", "jax", "torch") if any(r["path"] == p and "rates" in r for r in records)]
     fig, axes = plt.subplots(len(paths), 1, figsize=(12, 3.6 * len(paths)), squeeze=False)
     for ax, path in zip(axes[:, 0], paths):
         rows = [r for r in records if r["path"] == path and "rates" in r]
@@ -144,3 +152,57 @@ def write(path_md, body):
         pass
     with open(path_md, "w") as f:
         f.write(body.rstrip() + "\n\n" + ANALYSIS_MARKER + analysis)
+
+
+def render(records, quick=False, minutes=0.0, target=1.0):
+    """The whole RESULTS.md body (above the analysis marker)."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (0, 0, 0)
+    return f"""# seqify benchmark results
+
+Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `python -m benchmarks.run{' --quick' if quick else ''}`,
+{minutes:.1f} min; {os.cpu_count()} cores, Python {platform.python_version()}, load average when written
+{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (the machine is shared with other sessions: their load is in these
+numbers, so read medians and spreads, not single figures).
+
+Each row: a fresh object, one warm-up epoch (pool start-up, "first epoch"), then 3 timed epochs of
+the length shown (calibrated to last ≥ {target:g} s; the epoch column gives each row's batches and the
+min–max seconds); batches/s is the median, the spread is the min–max of the 3. "× plain loop"
+divides by the plain loop `fn(i)` on the same workload; "× Keras's best" by the fastest Keras
+PyDataset setting on the same path. Peers (torch DataLoader, Grain) are iterated directly.
+
+![batches/s per workload and configuration](results.png)
+
+## Targets (issue 9)
+
+{targets(records)}
+
+## Tables
+
+{tables(records)}
+"""
+
+
+def main(argv=None):
+    """Rebuilds RESULTS.md and results.png from saved records (`results.json` files, merged)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("records", nargs="+")
+    parser.add_argument("--out", default="benchmarks/RESULTS.md")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--minutes", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    records = []
+    for path in args.records:
+        with open(path) as f:
+            records += json.load(f)
+    folder = os.path.dirname(args.out) or "."
+    chart(records, os.path.join(folder, "results.png"))
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(records, f, indent=0)
+    write(args.out, render(records, args.quick, args.minutes))
+
+
+if __name__ == "__main__":
+    main()

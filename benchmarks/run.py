@@ -13,16 +13,14 @@ transport, end-to-end fit) remain in `benchmarks/extras.py`.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchmarks import report
+from benchmarks import configurations, report
 
 
 def main(argv=None):
@@ -33,6 +31,7 @@ def main(argv=None):
     parser.add_argument("--workloads", default=None)
     parser.add_argument("--target", type=float, default=1.0, help="seconds per timed epoch (at least)")
     parser.add_argument("--only", default=None, help="configuration names (comma-separated substrings)")
+    parser.add_argument("--paths", default=None, help="fit paths to run (numpy, tf, tf32, jax, torch; default all)")
     args = parser.parse_args(argv)
     started = time.time()
     records = []
@@ -47,6 +46,11 @@ def main(argv=None):
             command += ["--workloads", args.workloads]
         if args.only:
             command += ["--only", args.only]
+        if args.paths:
+            paths = [p for p in args.paths.split(",") if p in configurations.PATHS[backend]]
+            if not paths:
+                continue
+            command += ["--paths", ",".join(paths)]
         env = dict(os.environ, KERAS_BACKEND=backend)
         code = subprocess.call(command, env=env, stderr=subprocess.DEVNULL)
         try:
@@ -62,32 +66,7 @@ def main(argv=None):
     report.chart(records, png)
     with open(os.path.join(os.path.dirname(args.out) or ".", "results.json"), "w") as f:
         json.dump(records, f, indent=0)
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (0, 0, 0)
-    body = f"""# seqify benchmark results
-
-Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, `python -m benchmarks.run{' --quick' if args.quick else ''}`,
-{took / 60:.1f} min; {os.cpu_count()} cores, Python {platform.python_version()}, load average at the end
-{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (the machine is shared: other processes' load is in these numbers,
-so read medians and spreads, not single figures).
-
-Each row: a fresh object, one warm-up epoch (pool start-up, "first epoch"), then 3 timed epochs of
-the length shown (calibrated to last ≥ {args.target:g} s); batches/s is the median, the spread is the
-min–max of the 3. "× plain loop" divides by the plain loop `fn(i)` on the same workload;
-"× Keras's best" by the fastest Keras PyDataset setting on the same path.
-
-![batches/s per workload and configuration](results.png)
-
-## Targets (issue 9)
-
-{report.targets(records)}
-
-## Tables
-
-{report.tables(records)}
-"""
+    body = report.render(records, quick=args.quick, minutes=took / 60, target=args.target)
     report.write(args.out, body)
     print(f"wrote {args.out} and {png} ({took:.0f} s)", flush=True)
     return 0

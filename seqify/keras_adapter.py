@@ -127,7 +127,11 @@ class SequenceAdapter(ki.DataAdapter):
                 boundary = getattr(self, "steps_per_epoch", None)
         # Several batches per Python crossing, split in the graph: see
         # seqify/tf_dataset.py and docs/design.md ("The TensorFlow fit path").
-        ds = tf_dataset.make_dataset(self._tf_batches, signature, check=check, boundary=boundary, keep=keep)
+        # Large batches cross one at a time without the chunk dimension: its
+        # unbatch would copy each batch once more in the graph.
+        per_batch = tf_dataset.is_large(runner.sample_batches(1))
+        ds = tf_dataset.make_dataset(self._tf_batches, signature, check=check, boundary=boundary, keep=keep,
+                                     per_batch=per_batch)
         # seqify's engine already runs ahead in parallel; tf.data's own
         # autotuned threads would only compete with it for the cores. No
         # tf.data prefetch either: batches it pre-pulled would be dropped

@@ -9,8 +9,10 @@ element (`(k, batch, ...)` per array) and `unbatch` splits it again inside
 the graph, so the consumer still sees one batch per element, in order.
 
 How big a chunk is, is measured, not configured:
-- batches of `STACK_BYTES` or more cross one at a time (as a view, no copy:
-  stacking would copy what the crossing already copies);
+- batches of `STACK_BYTES` or more cross one at a time (stacking would copy
+  what the crossing already copies): when the first batch is that large the
+  dataset has no chunk dimension at all (`per_batch`, no `unbatch` copy);
+  a later large batch in a chunked dataset crosses as a view `leaf[None]`;
 - otherwise a chunk gathers batches for about `CHUNK_SECONDS` (by the
   measured time per batch), at most `MAX_CHUNK`;
 - a batch whose shapes differ from the chunk's (the last, smaller batch; a
@@ -54,6 +56,11 @@ def _flatten(tree, out):
     else:
         out.append(tree)
     return out
+
+
+def is_large(samples) -> bool:
+    """Whether sample batches are `STACK_BYTES` or more (they cross one at a time)."""
+    return any(sum(np.asarray(leaf).nbytes for leaf in _flatten(batch, [])) >= STACK_BYTES for batch in samples)
 
 
 def chunkable(signature) -> bool:
@@ -210,6 +217,7 @@ def make_dataset(
     check: Optional[Callable] = None,
     boundary: Optional[int] = None,
     keep: Optional[Carry] = None,
+    per_batch: bool = False,
 ):
     """A dataset of the batches `open_batches` yields, chunked across the Python boundary.
 
@@ -228,6 +236,8 @@ def make_dataset(
             delivered when an iteration is dropped; they are served first
             by the next iteration. None: undelivered batches are dropped
             (batch functions: a dropped pass is not resumed anyway).
+        per_batch: one batch per crossing, no chunk dimension (for large
+            batches, see `is_large`).
 
     Returns:
         A `tf.data.Dataset` whose elements are the batches, in order.
@@ -240,7 +250,7 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    if not chunkable(signature):
+    if per_batch or not chunkable(signature):
         def plain():
             batches = open_batches(0)
             try:

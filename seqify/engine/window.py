@@ -45,8 +45,11 @@ def ordered(pool, items, size, on_abandon=None):
             discard or resolve them). Default: discard.
     """
     if getattr(pool, "inline", False):
-        yield from _inline(pool, items, on_abandon)
-        return
+        return _inline(pool, items, on_abandon)  # one generator level less per batch
+    return _windowed(pool, items, size, on_abandon)
+
+
+def _windowed(pool, items, size, on_abandon):
     pending = collections.deque()
     items = iter(items)
     costed = hasattr(pool, "batch_cost")
