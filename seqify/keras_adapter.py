@@ -215,7 +215,10 @@ def _as_numpy(tree):
     if kind is np.ndarray:
         return tree
     if kind is tuple:
-        return tuple(_as_numpy(leaf) for leaf in tree)
+        for leaf in tree:
+            if type(leaf) is not np.ndarray:
+                return tuple(_as_numpy(leaf) for leaf in tree)
+        return tree  # the common case: already numpy, nothing to rebuild
     if kind is dict:
         return {key: _as_numpy(leaf) for key, leaf in tree.items()}
     if kind is list:
