@@ -25,7 +25,7 @@ import io  # noqa: E402
 import pstats  # noqa: E402
 import time  # noqa: E402
 
-from benchmarks.run import EpochIterator, seqify  # noqa: E402  (quiet TF import)
+from benchmarks.extras import EpochIterator, seqify  # noqa: E402  (quiet TF import)
 from benchmarks import workloads  # noqa: E402
 from benchmarks.workloads import consume  # noqa: E402
 

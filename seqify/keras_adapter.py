@@ -21,6 +21,7 @@ import weakref
 import numpy as np
 
 from seqify import keras_internals as ki
+from seqify import tf_dataset
 from seqify.engine import tree
 from seqify.runner import Delivered
 from seqify.threadsafe import ThreadSafeIterator
@@ -68,6 +69,7 @@ class SequenceAdapter(ki.DataAdapter):
             return make(None)
         feed = _Feed()
         generator = make(feed)
+        feed.generator = weakref.ref(generator)
         # Fires when Keras drops the iterator (an exhausted generator lives
         # on until then, held by Keras or by tf.data's generator registry).
         weakref.finalize(generator, self._dropped, feed)
@@ -91,12 +93,17 @@ class SequenceAdapter(ki.DataAdapter):
             return
         self._deliver_epoch_begin()
         runner = self.sequence._runner
+        source = runner.source
+        if feed is not None and source.reorders and source.num_batches() is not None:
+            # A finite random-access pass takes nothing back: no ledger.
+            feed = None
         delivered = None
         if feed is not None:
             delivered = feed.delivered
-            feed.capacity = runner.source.num_batches()
+            feed.capacity = source.num_batches()
             with self._lock:
                 self._feeds.append(feed)
+            self._retire_stale(runner, feed)
         if self.natural:
             batches = runner.iter_epoch(False, force=True, delivered=delivered)
         else:
@@ -116,6 +123,33 @@ class SequenceAdapter(ki.DataAdapter):
                 # front of it.
                 self._retire(feed)
 
+    def _retire_stale(self, runner, feed):
+        # A finished fit's iterators can outlive it for a while (Keras's
+        # epoch iterator sits in reference cycles), and with them what they
+        # pulled ahead. Before this pass reads from the object, iterators of
+        # other (earlier) adapters give back what they did not use; this
+        # adapter's own old iterators are dropped by Keras as it replaces them.
+        live = _LIVE.setdefault(runner, [])
+        for entry in list(live):
+            adapter_ref, old = entry
+            adapter = adapter_ref()
+            if old.retired or adapter is None:
+                live.remove(entry)
+                continue
+            if adapter is self:
+                continue
+            live.remove(entry)
+            if old.exhausted:
+                adapter._retire(old)
+                continue
+            generator = old.generator()
+            if generator is not None:
+                try:
+                    generator.close()  # its pass hands back in-flight work, then it retires
+                except ValueError:
+                    live.append(entry)  # running on another thread: still in use
+        live.append((weakref.ref(self), feed))
+
     def _epoch_steps(self, feed):
         steps = self.steps_per_epoch or feed.capacity
         return steps if steps is not None else 0
@@ -128,10 +162,13 @@ class SequenceAdapter(ki.DataAdapter):
             if feed.retired:
                 return
             feed.retired = True
-            used = feed.credited
-            if front and self._within_epoch:
-                # The epoch in progress may have used up to a full epoch more.
-                used += self._epoch_steps(feed)
+            if feed.taken is not None:
+                used = feed.taken()  # counted in the graph: exact
+            else:
+                used = feed.credited
+                if front and self._within_epoch:
+                    # The epoch in progress may have used up to a full epoch more.
+                    used += self._epoch_steps(feed)
             unused = feed.delivered.count - used
         if unused > 0 and feed.delivered.plan is not None:
             self.sequence._runner.give_back(feed.delivered, unused)
@@ -170,10 +207,13 @@ class SequenceAdapter(ki.DataAdapter):
     def get_torch_dataloader(self):
         return ki.get_torch_dataloader(self._feed(self._batches))
 
-    def _tf_batches(self, check, feed=None):
-        for batch in self._batches(feed):
-            check(batch)
-            yield batch
+    def _tf_batches(self, carried=0, feed=None):
+        # One pass for the tf.data path; `carried` batches a dropped
+        # iteration handed back are served first, so take fewer.
+        batches = self._batches(feed)
+        if not carried:
+            return batches
+        return _first(batches, max(0, (self.num_batches or 0) - carried))
 
     def get_tf_dataset(self, signature=None):
         from keras.src.utils.module_utils import tensorflow as tf
@@ -181,9 +221,45 @@ class SequenceAdapter(ki.DataAdapter):
         if signature is None:
             signature = output_signature(self.sequence, self.class_weight)
         check = _SignatureCheck(signature, type(self.sequence).__name__)
-        ds = tf.data.Dataset.from_generator(
-            lambda: self._feed(lambda feed: self._tf_batches(check, feed)), output_signature=signature
-        )
+        runner = self.sequence._runner
+        source = runner.source
+        keep = None
+        boundary = None
+        delivered = None
+        gives_back = not source.reorders or source.num_batches() is None
+        if gives_back:
+            # A stream or an infinite source: what the consumer pulled and
+            # never used must go back. Without a tf.distribute strategy
+            # nothing runs ahead of the consumer but this dataset, so an
+            # in-graph counter tells exactly what it took; a strategy's
+            # prefetch would defeat that count, so there the adapter's
+            # ledger (Keras's epochs, see `_feed`) decides, with one batch
+            # per crossing. `to_tf_dataset` consumers keep a carry.
+            if tf.distribute.has_strategy():
+                boundary = 1 if not source.reorders else self.steps_per_epoch
+            else:
+                delivered = tf_dataset.counter()
+                keep = None if self.keras_epochs or source.reorders else _tf_carry(runner)
+                boundary = self.steps_per_epoch
+        # Several batches per Python crossing, split in the graph: see
+        # seqify/tf_dataset.py and docs/design.md ("The TensorFlow fit path").
+        # Large batches cross one at a time without the chunk dimension: its
+        # unbatch would copy each batch once more in the graph.
+        per_batch = runner.signatures.get("large")
+        if per_batch is None:  # measured once per object, like the signature
+            per_batch = runner.signatures["large"] = tf_dataset.is_large(runner.sample_batches(1))
+
+        def open_batches(carried):
+            def make(feed):
+                if feed is not None and delivered is not None:
+                    start = int(delivered.numpy())
+                    feed.taken = lambda: int(delivered.numpy()) - start
+                return self._tf_batches(carried, feed)
+
+            return self._feed(make)
+
+        ds = tf_dataset.make_dataset(open_batches, signature, check=check, boundary=boundary, keep=keep,
+                                     per_batch=per_batch, delivered=delivered)
         # seqify's engine already runs ahead in parallel; tf.data's own
         # autotuned threads would only compete with it for the cores. No
         # tf.data prefetch either: batches it pre-pulled would be dropped
@@ -253,19 +329,52 @@ class _Feed:
         self.credited = 0  # batches Keras's finished epochs used
         self.exhausted = False
         self.retired = False
+        self.taken = None  # exact count of batches the consumer took, where known
+        self.generator = None  # weak reference to the generator it feeds
+
+
+_LIVE = weakref.WeakKeyDictionary()  # runner -> [(adapter ref, _Feed)] of Keras iterators not yet retired
+_CARRY = weakref.WeakKeyDictionary()  # runner -> stream batches a dropped tf.data iteration gave back
+
+
+def _tf_carry(runner):
+    carry = _CARRY.get(runner)
+    if carry is None:
+        carry = _CARRY[runner] = tf_dataset.Carry()
+    return carry
+
+
+def _first(batches, count):
+    try:
+        for _ in range(count):
+            try:
+                yield next(batches)
+            except StopIteration:
+                return
+    finally:
+        batches.close()
 
 
 _OWN_CODES = (
     SequenceAdapter._batches.__code__,
     SequenceAdapter._numpy_batches.__code__,
-    SequenceAdapter._tf_batches.__code__,
+    _first.__code__,
+    tf_dataset._Chunker.__call__.__code__,
+    tf_dataset._chain.__code__,
 )
 
 
 def _as_numpy(batch):
     """Converts tensor leaves (tf, torch, jax) to numpy; ndarrays pass as is."""
-    if type(batch) is np.ndarray:
+    kind = type(batch)
+    if kind is np.ndarray:
         return batch
+    if kind is tuple:
+        for leaf in batch:
+            if type(leaf) is not np.ndarray:
+                break
+        else:
+            return batch  # the common case: already numpy, nothing to rebuild
     return tree.map_structure(_leaf_as_numpy, batch)
 
 

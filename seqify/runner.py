@@ -19,7 +19,7 @@ import threading
 from typing import Callable, Iterator, Optional
 
 from seqify import input_wait
-from seqify.engine import errors
+from seqify.engine import errors, tree
 from seqify.engine.inline_pool import InlinePool
 from seqify.engine.messages import Task
 from seqify.engine.shm_transport import MAX_SLOTS
@@ -72,9 +72,15 @@ class Cursor:
     position: int = 0
 
 
-#: How many delivered batches a consumer that pulled ahead can give back.
-#: Far above what Keras or tf.distribute prefetch (1-2 per device).
-GIVE_BACK_LIMIT = 32
+#: How many delivered batches a consumer that pulled ahead can give back:
+#: more than tf.data's chunks (`tf_dataset.MAX_CHUNK`) plus the window plus
+#: what tf.distribute or JAX prefetch (1-2 per device)...
+GIVE_BACK_LIMIT = 160
+#: ...but never more than this many bytes kept alive beyond the newest
+#: `GIVE_BACK_MIN` batches (large batches cross one at a time, so few are
+#: ever outstanding).
+GIVE_BACK_BYTES = 64 << 20
+GIVE_BACK_MIN = 32
 
 
 class Delivered:
@@ -83,18 +89,36 @@ class Delivered:
     A consumer that pulls ahead of its own consumer (tf.data's and
     tf.distribute's prefetch, JAX's look-ahead) passes one to `iter_epoch`
     and can later hand back what was pulled but never used
-    (`EpochRunner.give_back`), so a stream loses nothing.
+    (`EpochRunner.give_back`), so a stream loses nothing. Bounded by count
+    and bytes (see `GIVE_BACK_LIMIT`).
     """
 
-    def __init__(self, limit: int = GIVE_BACK_LIMIT):
-        self.entries = collections.deque(maxlen=limit)
+    def __init__(self):
+        self.entries = collections.deque()
         self.count = 0
         self.plan = None
         self.given_back = 0
+        self._sizes = collections.deque()
+        self._bytes = 0
 
-    def record(self, task, batch) -> None:
+    def record(self, task, batch, item) -> None:
+        """`item`: what is kept for giving back (the batch itself, the
+        stream item it was built from, or None for index sources)."""
         self.entries.append((task, batch))
         self.count += 1
+        size = _nbytes(item)
+        self._sizes.append(size)
+        self._bytes += size
+        entries, sizes = self.entries, self._sizes
+        while len(entries) > GIVE_BACK_LIMIT or (len(entries) > GIVE_BACK_MIN and self._bytes > GIVE_BACK_BYTES):
+            entries.popleft()
+            self._bytes -= sizes.popleft()
+
+
+def _nbytes(item) -> int:
+    if item is None:
+        return 0
+    return sum(getattr(leaf, "nbytes", 0) for leaf in tree.leaves(item))
 
 
 class EpochRunner:
@@ -121,7 +145,7 @@ class EpochRunner:
         self._last = None
         self._resume_shuffle = None  # (Cursor, shuffle) a restored mid-epoch pass keeps
         self._pass_limit = None  # batches the next pass may serve (a resumed Keras epoch)
-        self.signatures = {}  # class_weight given (bool) -> tf.data signature
+        self.signatures = {}  # class_weight given (bool) -> tf.data signature; "large" -> one batch per crossing
         self._pool = None
         self._pool_key = None
         self._resolved = None  # (workers, use_multiprocessing) once "auto" is measured
@@ -269,7 +293,8 @@ class EpochRunner:
                 served += 1
                 task = submitted.popleft()
                 if delivered is not None:
-                    delivered.record(task, batch if self.source.keeps_batches else None)
+                    kept = batch if self.source.keeps_batches else None
+                    delivered.record(task, kept, kept if kept is not None else task.payload)
                 # Counted when handed over, not when built: batches read
                 # ahead by the window are not consumed (see get_state).
                 with self.lock:
@@ -296,6 +321,14 @@ class EpochRunner:
             count = min(count, delivered.count - delivered.given_back)
             if count <= 0 or delivered.plan is None:
                 return 0
+            plan = delivered.plan
+            if self.source.num_batches() is None and self.source.reorders:
+                # An infinite index source continues where its consumer did:
+                # its batches are rebuilt from their index, nothing is kept.
+                delivered.given_back += count
+                if self.cursor.epoch == plan.epoch and self.cursor.position >= plan.start + count:
+                    self.cursor = Cursor(plan.epoch, self.cursor.position - count)
+                return count
             if count > len(delivered.entries):
                 logger.warning(
                     "seqify: %d batches pulled ahead were not used; only the last %d can be given back.",
@@ -304,13 +337,7 @@ class EpochRunner:
                 count = len(delivered.entries)
             entries = [delivered.entries.pop() for _ in range(count)][::-1]
             delivered.given_back += count
-            plan = delivered.plan
-            if self.source.num_batches() is None and self.source.reorders:
-                # An infinite index source continues where its consumer did.
-                if self.cursor.epoch == plan.epoch and self.cursor.position >= plan.start + count:
-                    self.cursor = Cursor(plan.epoch, self.cursor.position - count)
-            else:
-                self.source.give_back(entries, self.state)
+            self.source.give_back(entries, self.state)
             return count
 
     def _tracked(self, items, submitted):

@@ -1,11 +1,17 @@
 """`Sequence.to_tf_dataset()`: signature, ordering, parallel workers, composition."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import seqify
-from conftest import make_batch
+import seqify.tf_dataset
+from conftest import make_batch, model  # noqa: F401  (fixture)
+
+
+def _identity(batch):
+    return batch
 
 
 def _ids(dataset):
@@ -62,3 +68,98 @@ def test_trains_under_a_tf_distribute_strategy(model):
         dataset = strategy.experimental_distribute_dataset(ds.to_tf_dataset())
         seen = [int(x.numpy().reshape(-1)[0]) for x, _ in dataset]
     assert seen == list(range(5))
+
+
+# -- the chunked fit path (seqify/tf_dataset.py) through real model.fit --------------
+
+
+def _counting_stream(start=0):
+    i = start
+    while True:
+        yield make_batch(i)
+        i += 1
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Stops fit mid-epoch after `steps` training steps (Keras drops the iterator)."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.steps = steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 >= self.steps:
+            self.model.stop_training = True
+
+
+def test_fit_with_steps_per_epoch_below_length_trains_each_batch_once_per_pass_in_order(model):
+    with seqify.from_batch_fn(make_batch, 8, workers=2) as ds:
+        model.fit(ds, epochs=4, steps_per_epoch=4, verbose=0, shuffle=False)
+    assert model.trained == [*range(8), *range(8)]
+
+
+def test_fit_on_a_stream_with_steps_per_epoch_below_length_reads_consecutive_batches(model):
+    with seqify.from_generator(_counting_stream, steps_per_epoch=8) as ds:
+        model.fit(ds, epochs=5, steps_per_epoch=4, verbose=0)
+    assert model.trained == list(range(20))
+
+
+def test_stream_batches_pulled_ahead_when_fit_stops_mid_epoch_go_to_the_next_fit(model):
+    with seqify.from_generator(_counting_stream, steps_per_epoch=6, transform=_identity, workers=2) as ds:
+        model.fit(ds, epochs=3, verbose=0, callbacks=[_StopAfter(2)])
+        assert model.trained == [0, 1]
+        model.fit(ds, epochs=2, verbose=0)
+    assert model.trained == list(range(14))
+
+
+def test_fit_with_validation_stream_consumes_each_batch_once_per_epoch_in_order(model):
+    with seqify.from_batch_fn(make_batch, 6, workers=2) as train, seqify.from_generator(
+        _counting_stream, args=(100,), steps_per_epoch=3
+    ) as val:
+        model.fit(train, validation_data=val, epochs=3, verbose=0, shuffle=False)
+    assert model.trained == [*range(6)] * 3
+    assert model.tested == list(range(100, 109))
+
+
+def _ragged_batch(i):
+    # Feature width changes every batch: no two consecutive batches stack.
+    x = np.full((4, 2 + i % 3), i, np.float32)
+    return x, np.zeros((4, 1), np.float32)
+
+
+def test_variable_shape_batches_come_out_whole_and_in_order():
+    with seqify.from_batch_fn(_ragged_batch, 7, workers=2) as ds:
+        dataset = ds.to_tf_dataset()
+        shapes = [tuple(x.shape) for x, _ in dataset]
+        assert _ids(dataset) == list(range(7))
+    assert shapes == [(4, 2 + i % 3) for i in range(7)]
+
+
+def _bad_shape_at_5(i):
+    x, y = make_batch(i)
+    return (x[:, :2], y) if i == 5 else (x, y)
+
+
+def test_a_batch_that_breaks_the_signature_raises_naming_output_signature_after_the_good_ones(model):
+    with seqify.from_batch_fn(_bad_shape_at_5, 8) as ds:
+        with pytest.raises(Exception, match="output_signature"):
+            model.fit(ds, epochs=1, verbose=0, shuffle=False)
+    assert model.trained == [0, 1, 2, 3, 4]
+
+
+def test_tiny_batches_cross_into_tf_data_several_at_a_time():
+    crossings = []
+
+    class Counting(seqify.tf_dataset._Chunker):
+        def _emit(self, group, *args):
+            crossings.append(len(group))
+            return super()._emit(group, *args)
+
+    with seqify.from_batch_fn(make_batch, 200) as ds:
+        original = seqify.tf_dataset._Chunker
+        seqify.tf_dataset._Chunker = Counting
+        try:
+            assert _ids(ds.to_tf_dataset()) == list(range(200))
+        finally:
+            seqify.tf_dataset._Chunker = original
+    assert sum(crossings) == 200 and len(crossings) < 50

@@ -19,11 +19,24 @@ class _Lazy:
 
 
 class InlinePool:
+    """Runs each task when its result is asked for, on the asking thread.
+
+    `inline` tells the window (`seqify.engine.window.ordered`) to call `run`
+    directly: no handle, no read-ahead, no per-batch allocation.
+    """
+
     use_multiprocessing = False
     num_workers = 0
+    inline = True
 
     def __init__(self, job):
         self.job = job
+
+    def run(self, task):
+        """Builds the batch of `task` now."""
+        if task.worker is None:
+            return self.job.run(task)
+        return self.job.run(task, task.worker, 1)
 
     def submit(self, task) -> _Lazy:
         if task.worker is None:

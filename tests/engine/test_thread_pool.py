@@ -1,13 +1,23 @@
-"""ThreadPool on its own: real threads running tiny jobs."""
+"""ThreadPool on its own: real threads running tiny jobs; a worker stuck in
+user code never blocks close, GC or exit."""
 
 import functools
+import gc
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
+import seqify
 from seqify.engine.job import Job
 from seqify.engine.messages import Task, TaskKind
-from seqify.engine.thread_pool import ThreadPool
+from seqify.engine.thread_pool import CLOSE_TIMEOUT, PoolClosedError, ThreadPool
 from seqify.engine.window import ordered
+
 from . import _workfns as wf
 from ._support import threads_named
 
@@ -76,3 +86,109 @@ def test_an_exception_in_a_thread_is_raised_by_result_as_itself(closing):
     with pytest.raises(wf.UserBoom, match="batch 1"):
         handles[1].result()
     assert int(handles[2].result()[0][0, 0]) == 2
+
+
+class _Blocker:
+    """A batch function that blocks on an Event until the test releases it."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, i):
+        self.started.set()
+        self.release.wait(30)
+        return (i,)
+
+
+@pytest.fixture
+def blocker():
+    fn = _Blocker()
+    yield fn
+    fn.release.set()  # let the stuck thread finish after the test
+
+
+def _stuck_pool(fn, name):
+    pool = ThreadPool(Job(fetch=fn), 1, name)
+    handle = pool.submit(Task(TaskKind.FETCH, 0, 0))
+    assert fn.started.wait(5)
+    return pool, handle
+
+
+@pytest.mark.timeout(30)
+def test_close_returns_within_its_bound_while_a_worker_is_stuck(blocker):
+    pool, _ = _stuck_pool(blocker, "stuck-close")
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < CLOSE_TIMEOUT + 0.5
+    assert [t.daemon for t in threads_named("stuck-close")] == [True]
+
+
+@pytest.mark.timeout(30)
+def test_close_warns_naming_the_stuck_thread(blocker, caplog):
+    pool, _ = _stuck_pool(blocker, "stuck-warn")
+    with caplog.at_level(logging.WARNING, logger="seqify"):
+        pool.close()
+    assert any("stuck-warn_0" in r.getMessage() and "daemon" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.timeout(30)
+def test_stuck_thread_ends_once_user_code_returns(blocker):
+    pool, _ = _stuck_pool(blocker, "stuck-ends")
+    pool.close()
+    blocker.release.set()
+    deadline = time.monotonic() + 5
+    while threads_named("stuck-ends") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not threads_named("stuck-ends")
+
+
+@pytest.mark.timeout(30)
+def test_waiting_for_a_batch_of_a_closed_pool_raises(blocker):
+    pool, handle = _stuck_pool(blocker, "stuck-wait")
+    pool.close()
+    started = time.monotonic()
+    with pytest.raises(PoolClosedError):
+        handle.result()
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_garbage_collection_returns_within_its_bound_while_a_worker_is_stuck(blocker):
+    ds = seqify.from_batch_fn(blocker, 4, workers=1)
+    batches = ds.iter_epoch()
+    outcome = []
+
+    def consume():
+        try:
+            list(batches)
+        except PoolClosedError as exc:
+            outcome.append(exc)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    assert blocker.started.wait(5)
+    del ds
+    started = time.monotonic()
+    gc.collect()
+    assert time.monotonic() - started < CLOSE_TIMEOUT + 0.5
+    consumer.join(5)
+    assert not consumer.is_alive() and len(outcome) == 1  # its wait ended with the pool
+
+
+@pytest.mark.timeout(120)
+def test_interpreter_exits_promptly_while_a_worker_is_stuck():
+    script = os.path.join(os.path.dirname(__file__), "stuck_thread_exit.py")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.Popen([sys.executable, script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        started = time.monotonic()
+        # Before: never (concurrent.futures joins its threads at exit). Now:
+        # the close bound plus TensorFlow's own teardown (~3.5 s here).
+        assert child.wait(timeout=30) == 0
+        assert time.monotonic() - started < CLOSE_TIMEOUT + 10.0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
