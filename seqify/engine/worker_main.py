@@ -6,9 +6,10 @@ the pool goes away. It ignores SIGINT: Ctrl-C belongs to the main process,
 which closes the pool.
 
 Replies to the tasks of one `Work` message are sent together when they are
-ready within `HOLD_SECONDS` of each other, so tiny batches cost one pipe
-message per chunk rather than per batch, while a slow batch is never held
-back waiting for the next.
+quick (under 0.5 ms each) and ready within `HOLD_SECONDS` of each other, so
+tiny batches cost one pipe message per chunk rather than per batch; a slower
+batch is sent as soon as it is built. (A quick batch followed by a slow one
+in the same chunk waits for it: the price of guessing.)
 """
 
 import dataclasses
@@ -25,6 +26,8 @@ _POLL_SECONDS = 1.0
 # Longest a finished batch waits for the next one of its chunk, so that they
 # travel in one message.
 HOLD_SECONDS = 0.002
+# A batch that took longer than this is sent at once, never held.
+_QUICK_SECONDS = HOLD_SECONDS / 4
 
 
 def worker_main(conn, job_bytes, worker_id, num_workers, shm_prefix, owner_pid, inherited=(), max_slots=shm_transport.MAX_SLOTS):
@@ -77,16 +80,20 @@ def _run_work(conn, job, work: Work, worker_id, num_workers, encoder):
     held_since = 0.0
     last = len(work.tasks) - 1
     for position, (task_id, task) in enumerate(work.tasks):
+        started = time.monotonic()
         try:
             if task.payload is not None:
                 task = dataclasses.replace(task, payload=shm_transport.decode(task.payload))
             reply = Result(task_id, encoder.encode(job.run(task, worker_id, num_workers, True)))
         except BaseException as exc:
             reply = RemoteError(task_id, errors.pack_exception(exc))
+        now = time.monotonic()
         if not held:
-            held_since = time.monotonic()
+            held_since = now
         held.append((reply, task.index))
-        if position == last or time.monotonic() - held_since >= HOLD_SECONDS:
+        # Hold a reply only behind batches that look as quick as this one:
+        # one slow batch sends at once (and what is held with it).
+        if position == last or now - started >= _QUICK_SECONDS or now - held_since >= HOLD_SECONDS:
             _send(conn, held, worker_id, encoder)
             held = []
 

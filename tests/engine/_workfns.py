@@ -5,6 +5,7 @@ that spawn and forkserver workers, which import this module to unpickle a
 job, start in a fraction of a second.
 """
 
+import faulthandler
 import os
 import random
 import signal
@@ -88,6 +89,7 @@ def die_once(flag_path, die_index, how, i):
     if i == die_index and os.path.exists(flag_path):
         os.remove(flag_path)
         if how in ("sigkill", "sigbus"):
+            faulthandler.disable()  # pytest's, inherited by fork: no "Fatal Python error" dump
             os.kill(os.getpid(), signal.SIGKILL if how == "sigkill" else signal.SIGBUS)
             time.sleep(10)  # never reached
         else:
