@@ -14,7 +14,6 @@ See docs/design.md ("How fit drives a seqify object").
 """
 
 import collections
-import sys
 import threading
 import weakref
 
@@ -216,7 +215,7 @@ class SequenceAdapter(ki.DataAdapter):
         return _first(batches, max(0, (self.num_batches or 0) - carried))
 
     def get_tf_dataset(self, signature=None):
-        from keras.src.utils.module_utils import tensorflow as tf
+        tf = ki.lazy_tensorflow
 
         if signature is None:
             signature = output_signature(self.sequence, self.class_weight)
@@ -403,7 +402,7 @@ def output_signature(sequence, class_weight=None):
     cached = runner.signatures.get(key)
     if cached is not None:
         return cached
-    from keras.src.utils.module_utils import tensorflow as tf
+    tf = ki.lazy_tensorflow
 
     samples = runner.sample_batches(ki.NUM_BATCHES_FOR_TENSOR_SPEC)
     if class_weight is not None:
@@ -430,7 +429,7 @@ class _SignatureCheck:
     """
 
     def __init__(self, signature, name):
-        from keras.src.utils.module_utils import tensorflow as tf
+        tf = ki.lazy_tensorflow
 
         self._name = name
         self._paths = []
@@ -500,19 +499,15 @@ training_adapters = weakref.WeakKeyDictionary()
 def _note_training_adapter(adapter) -> None:
     # fit() builds its training adapter first thing (before it has an
     # `epoch_iterator`; validation's comes later); its frame holds the model.
-    fit = ki._code(ki._backend_trainer(), "fit")
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is fit:
-            local = frame.f_locals
-            model = local.get("self")
-            if model is not None and "epoch_iterator" not in local:
-                try:
-                    training_adapters[model] = adapter
-                except TypeError:
-                    pass
-            return
-        frame = frame.f_back
+    local = ki.fit_locals(2)
+    if local is None:
+        return
+    model = local.get("self")
+    if model is not None and "epoch_iterator" not in local:
+        try:
+            training_adapters[model] = adapter
+        except TypeError:
+            pass
 
 
 def install(sequence_class) -> None:

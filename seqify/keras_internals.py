@@ -22,6 +22,13 @@ Touchpoints:
    trainer's `predict` (JAX's builds the model inline with a bare `next()`).
 5. tf_keras: `tf_keras.src.engine.data_adapter` (`ALL_ADAPTER_CLS`,
    `DataAdapter`, `is_none_or_empty`, `unpack_x_y_sample_weight`).
+6. The running `fit`: its frame's locals (`self`, the model; its
+   `epoch_iterator`, an `EpochIterator` whose `steps_per_epoch` and
+   `_num_batches` seqify.callbacks.BackupAndRestore shortens for a resumed
+   epoch), found by the code object of the backend trainer's `fit`.
+7. `keras.src.utils.file_utils` (the backup callback writes Keras's files
+   with it) and `keras.src.utils.module_utils.tensorflow` (TensorFlow,
+   imported lazily).
 """
 
 import functools
@@ -33,6 +40,8 @@ import threading
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import data_adapter_utils
 from keras.src.trainers.data_adapters.data_adapter import DataAdapter
+from keras.src.utils import file_utils
+from keras.src.utils.module_utils import tensorflow as lazy_tensorflow
 
 __all__ = [
     "DataAdapter",
@@ -47,6 +56,9 @@ __all__ = [
     "building_model",
     "called_from_predict",
     "tf_keras_data_adapter",
+    "fit_locals",
+    "file_utils",
+    "lazy_tensorflow",
 ]
 
 class_weight_to_sample_weights = data_adapter_utils.class_weight_to_sample_weights
@@ -133,6 +145,7 @@ class _Callers:
         trainer = _backend_trainer()
         self.builders = {c for c in (_code(Trainer, "_symbolic_build"), _code(trainer, "_maybe_symbolic_build")) if c}
         self.predicts = {c for c in (_code(trainer, "predict"), _code(Trainer, "predict")) if c}
+        self.fit = _code(trainer, "fit")
         self.inline_build_predict = _code(trainer, "predict") if trainer is not None and trainer.__name__ == "JAXTrainer" else None
         # Generator frames between Keras's `next()` and seqify's own.
         self.pass_through = {
@@ -191,6 +204,22 @@ def called_from_predict() -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+# -- 6. the running fit ---------------------------------------------------------
+def fit_locals(depth: int = 1):
+    """The locals of the nearest calling frame of Keras's `fit`, or None.
+
+    A snapshot (`frame.f_locals`): `self` is the model, `epoch_iterator` its
+    training `EpochIterator` once fit has made it.
+    """
+    fit = callers().fit
+    frame = sys._getframe(depth)
+    while frame is not None:
+        if frame.f_code is fit:
+            return frame.f_locals
+        frame = frame.f_back
+    return None
 
 
 # -- 5. tf_keras ---------------------------------------------------------------

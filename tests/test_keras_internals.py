@@ -155,3 +155,28 @@ def test_touchpoint_epoch_iterator_keeps_one_iterator_across_epochs_when_steps_p
         seen.append(ids)
     # Epoch 2 continues epoch 1's iterator; epoch 3 starts a fresh one.
     assert seen == [[0, 1, 2], [3, 4, 5], [0, 1, 2]]
+
+
+# 6. the running fit's frame ------------------------------------------------------------
+def test_touchpoint_fit_frame_holds_the_model_and_an_epoch_iterator_with_the_fields_seqify_shortens():
+    seen = {}
+
+    class Peek(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            local = ki.fit_locals()
+            seen["model"] = local.get("self") if local else None
+            iterator = local.get("epoch_iterator") if local else None
+            seen["fields"] = iterator is not None and all(
+                hasattr(iterator, name) for name in ("steps_per_epoch", "_num_batches"))
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(np.zeros((4, 1)), np.zeros((4, 1)), epochs=1, verbose=0, callbacks=[Peek()])
+    assert seen == {"model": model, "fields": True}
+
+
+# 7. file_utils and the lazy TensorFlow module ---------------------------------------------
+def test_touchpoint_file_utils_and_lazy_tensorflow_have_what_seqify_calls():
+    for name in ("exists", "makedirs", "copy", "File"):
+        assert callable(getattr(ki.file_utils, name)), name
+    assert ki.lazy_tensorflow.data.Dataset is not None

@@ -13,12 +13,12 @@ See docs/design.md ("Resume after pre-emption").
 
 import json
 import os
-import sys
 import warnings
 from typing import Optional
 
 import keras
-from keras.src.utils import file_utils
+
+from seqify import keras_internals as ki
 
 _RAN_OUT = "Your input ran out of data"
 
@@ -149,9 +149,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._current_epoch = self.model._initial_epoch or 0
 
     def _read_metadata(self) -> Optional[dict]:
-        if not file_utils.exists(self._training_metadata_path):
+        if not ki.file_utils.exists(self._training_metadata_path):
             return None
-        with file_utils.File(self._training_metadata_path, "r") as f:
+        with ki.file_utils.File(self._training_metadata_path, "r") as f:
             return json.loads(f.read())
 
     # -- progress --------------------------------------------------------------
@@ -220,12 +220,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         # Keras's _save_model, with the data state in the same metadata file,
         # written atomically after the weights.
-        if not file_utils.exists(self.backup_dir):
-            file_utils.makedirs(self.backup_dir)
-        if self.double_checkpoint and file_utils.exists(self._weights_path):
-            file_utils.copy(self._weights_path, self._prev_weights_path)
-        if self.double_checkpoint and file_utils.exists(self._training_metadata_path):
-            file_utils.copy(self._training_metadata_path, self._prev_training_metadata_path)
+        if not ki.file_utils.exists(self.backup_dir):
+            ki.file_utils.makedirs(self.backup_dir)
+        if self.double_checkpoint and ki.file_utils.exists(self._weights_path):
+            ki.file_utils.copy(self._weights_path, self._prev_weights_path)
+        if self.double_checkpoint and ki.file_utils.exists(self._training_metadata_path):
+            ki.file_utils.copy(self._training_metadata_path, self._prev_training_metadata_path)
         states = self._data_states()
         self.model.save_weights(filepath=self._weights_path, overwrite=True)
         metadata = {
@@ -236,7 +236,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         text = json.dumps(metadata)
         path = self._training_metadata_path
         if "://" in str(path):
-            with file_utils.File(path, "w") as f:
+            with ki.file_utils.File(path, "w") as f:
                 f.write(text)
             return
         temporary = f"{path}.tmp"
@@ -249,15 +249,8 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
 
 def _fit_epoch_iterator():
     """The EpochIterator of the running `fit` (a local of its frame), or None."""
-    from seqify import keras_internals as ki
-
-    fit = ki._code(ki._backend_trainer(), "fit")
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is fit:
-            iterator = frame.f_locals.get("epoch_iterator")
-            if hasattr(iterator, "steps_per_epoch") and hasattr(iterator, "_num_batches"):
-                return iterator
-            return None
-        frame = frame.f_back
+    local = ki.fit_locals(2)
+    iterator = None if local is None else local.get("epoch_iterator")
+    if hasattr(iterator, "steps_per_epoch") and hasattr(iterator, "_num_batches"):
+        return iterator
     return None
