@@ -234,7 +234,7 @@ class SequenceAdapter(ki.DataAdapter):
             # prefetch would defeat that count, so there the adapter's
             # ledger (Keras's epochs, see `_feed`) decides, with one batch
             # per crossing. `to_tf_dataset` consumers keep a carry.
-            if tf.distribute.has_strategy():
+            if ki.building_for_a_strategy():
                 boundary = 1 if not source.reorders else self.steps_per_epoch
             else:
                 delivered = tf_dataset.counter()

@@ -26,6 +26,10 @@ Touchpoints:
    `epoch_iterator`, an `EpochIterator` whose `steps_per_epoch` and
    `_num_batches` seqify.callbacks.BackupAndRestore shortens for a resumed
    epoch), found by the code object of the backend trainer's `fit`.
+8. The TF backend's `TFEpochIterator.__init__` frame: its
+   `distribute_strategy` argument tells whether a tf.distribute strategy
+   (whose input pipeline prefetches) will iterate the dataset being built;
+   the default strategy's class is `_DefaultDistributionStrategy`.
 7. `keras.src.utils.file_utils` (the backup callback writes Keras's files
    with it) and `keras.src.utils.module_utils.tensorflow` (TensorFlow,
    imported lazily).
@@ -57,6 +61,7 @@ __all__ = [
     "called_from_predict",
     "tf_keras_data_adapter",
     "fit_locals",
+    "building_for_a_strategy",
     "file_utils",
     "lazy_tensorflow",
 ]
@@ -146,6 +151,11 @@ class _Callers:
         self.builders = {c for c in (_code(Trainer, "_symbolic_build"), _code(trainer, "_maybe_symbolic_build")) if c}
         self.predicts = {c for c in (_code(trainer, "predict"), _code(Trainer, "predict")) if c}
         self.fit = _code(trainer, "fit")
+        self.tf_epoch_iterator_init = None
+        if trainer is not None and trainer.__name__ == "TensorFlowTrainer":
+            from keras.src.backend.tensorflow.trainer import TFEpochIterator
+
+            self.tf_epoch_iterator_init = _code(TFEpochIterator, "__init__")
         self.inline_build_predict = _code(trainer, "predict") if trainer is not None and trainer.__name__ == "JAXTrainer" else None
         # Generator frames between Keras's `next()` and seqify's own.
         self.pass_through = {
@@ -220,6 +230,23 @@ def fit_locals(depth: int = 1):
             return frame.f_locals
         frame = frame.f_back
     return None
+
+
+def building_for_a_strategy() -> bool:
+    """Whether Keras's TF trainer is building a dataset for a non-default
+    tf.distribute strategy (called from within `TFEpochIterator.__init__`)."""
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy():
+        return True
+    code = callers().tf_epoch_iterator_init
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            strategy = frame.f_locals.get("distribute_strategy")
+            return strategy is not None and type(strategy).__name__ != "_DefaultDistributionStrategy"
+        frame = frame.f_back
+    return False
 
 
 # -- 5. tf_keras ---------------------------------------------------------------

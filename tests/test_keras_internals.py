@@ -180,3 +180,18 @@ def test_touchpoint_file_utils_and_lazy_tensorflow_have_what_seqify_calls():
     for name in ("exists", "makedirs", "copy", "File"):
         assert callable(getattr(ki.file_utils, name)), name
     assert ki.lazy_tensorflow.data.Dataset is not None
+
+
+# 8. the strategy a TFEpochIterator is built for ------------------------------------------
+def test_touchpoint_tf_epoch_iterator_takes_a_distribute_strategy_and_the_default_one_is_recognised():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow backend only")
+    import tensorflow as tf
+    from keras.src.backend.tensorflow.trainer import TFEpochIterator
+
+    assert "distribute_strategy" in inspect.signature(TFEpochIterator.__init__).parameters
+    assert type(tf.distribute.get_strategy()).__name__ == "_DefaultDistributionStrategy"
+    assert ki.callers().tf_epoch_iterator_init is inspect.unwrap(TFEpochIterator.__init__).__code__
+    assert ki.building_for_a_strategy() is False
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        assert ki.building_for_a_strategy() is True

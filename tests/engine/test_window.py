@@ -98,11 +98,15 @@ def test_an_error_from_the_items_comes_after_every_batch_before_it():
 def test_a_failing_batch_raises_in_its_place_and_abandons_the_rest():
     pool = InlinePool(Job(fetch=lambda i: wf.explode_on_index(2, i)))
     abandoned, got = [], []
+    tasks = iter(_tasks(6))
     with pytest.raises(wf.UserBoom):
-        for batch in ordered(pool, _tasks(6), 4, on_abandon=abandoned.extend):
+        for batch in ordered(pool, tasks, 4, on_abandon=abandoned.extend):
             got.append(batch)
     assert _ids(got) == [0, 1]
-    assert [task.index for task, _ in abandoned] == [2, 3, 4, 5]
+    # Inline, nothing is built ahead: the failed task is handed back, the
+    # rest were never taken from the source.
+    assert [task.index for task, _ in abandoned] == [2]
+    assert [task.index for task in tasks] == [3, 4, 5]
 
 
 def test_ready_handles_are_passed_through_in_their_place():
