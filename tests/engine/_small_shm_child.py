@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from _support import mapped_file  # this folder (the script's own directory is on sys.path)
+
 SHAPE = (32, 224, 224, 3)  # float32: 19.3 MB, the benchmarks' large_payload
 NUM_BATCHES = 8
 
@@ -22,19 +24,6 @@ def batch(i):
     x = np.empty(SHAPE, np.float32)
     x.fill(i)
     return x, np.array([i], dtype=np.int64)
-
-
-def mapped_file(array):
-    """The file whose mapping holds `array`'s data, or None (ordinary memory: it was pickled)."""
-    address = array.__array_interface__["data"][0]
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, end = (int(v, 16) for v in fields[0].split("-"))
-            if start <= address < end:
-                path = fields[5].strip() if len(fields) == 6 else ""
-                return path if path.startswith("/") else None
-    return None
 
 
 def main(start_method):

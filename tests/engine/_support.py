@@ -74,3 +74,21 @@ def new_children(before, timeout=5.0):
 
 # Pids of subprocesses that tests started: their /dev/shm segments count as ours.
 OWNED_PIDS = set()
+
+
+def mapped_file(array):
+    """The file (per /proc/self/maps) whose mapping holds `array`'s data, or None.
+
+    "/dev/shm/seqify-..." means the array is a zero-copy view of shared memory
+    (possibly already unlinked: "... (deleted)"); None means ordinary heap
+    memory, i.e. a copy (unpickled bytes, for instance).
+    """
+    address = array.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            start, end = (int(v, 16) for v in fields[0].split("-"))
+            if start <= address < end:
+                path = fields[5].strip() if len(fields) == 6 else ""
+                return path if path.startswith("/") else None  # not "[heap]", "[stack]", anonymous
+    return None

@@ -18,27 +18,9 @@ from seqify.engine import shm_transport
 from seqify.engine.shm_transport import INLINE_BYTES, Encoder, FileSegments, ShmArray, StdlibSegments, decode, discard, select_segments, sweep
 
 from . import _treefns as tf_, _workfns as wf
-from ._support import KINDS, epoch, pool_of, shm
+from ._support import KINDS, epoch, mapped_file, pool_of, shm
 
 pytestmark = pytest.mark.skipif(not shm_transport.AVAILABLE, reason="needs /dev/shm")
-
-
-def _mapped_file(array):
-    """The file (per /proc/self/maps) whose mapping holds `array`'s data, or None.
-
-    "/dev/shm/seqify-..." means the array is a zero-copy view of shared memory
-    (possibly already unlinked: "... (deleted)"); None means ordinary heap
-    memory, i.e. a copy (unpickled bytes, for instance).
-    """
-    address = array.__array_interface__["data"][0]
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, end = (int(v, 16) for v in fields[0].split("-"))
-            if start <= address < end:
-                path = fields[5].strip() if len(fields) == 6 else ""
-                return path if path.startswith("/") else None  # not "[heap]", "[stack]", anonymous
-    return None
 
 
 @pytest.fixture
@@ -65,8 +47,8 @@ def test_large_batch_is_a_view_of_shared_memory_not_a_pickled_copy(closing):
     ds = closing(seqify.from_batch_fn(wf.large_batch, 2, **KINDS["fork"]))
     x, y = epoch(ds)[0]
     assert not x.flags.owndata
-    assert (_mapped_file(x) or "").startswith("/dev/shm/seqify-")
-    assert _mapped_file(y) is None  # the 8-byte y went inline
+    assert (mapped_file(x) or "").startswith("/dev/shm/seqify-")
+    assert mapped_file(y) is None  # the 8-byte y went inline
 
 
 @pytest.mark.timeout(60)
@@ -144,7 +126,7 @@ def test_large_batch_sliced_from_a_memmap_travels_through_shared_memory(closing,
     ds = closing(seqify.from_batch_fn(functools.partial(wf.memmap_slice_batch, str(path)), 4, **KINDS["fork"]))
     for i, (x, _) in enumerate(epoch(ds)):
         np.testing.assert_array_equal(x, source[i * 256:(i + 1) * 256])
-        assert (_mapped_file(x) or "").startswith("/dev/shm/seqify-")
+        assert (mapped_file(x) or "").startswith("/dev/shm/seqify-")
 
 
 @pytest.mark.timeout(60)
@@ -152,7 +134,7 @@ def test_small_arrays_from_process_workers_travel_inline(closing):
     ds = closing(seqify.from_batch_fn(wf.small_batch, 2, **KINDS["fork"]))
     for i, (x, y) in enumerate(epoch(ds)):
         assert x.nbytes < INLINE_BYTES
-        assert _mapped_file(x) is None
+        assert mapped_file(x) is None
         np.testing.assert_array_equal(x, np.full((8, 8), i, np.float32))
 
 
@@ -172,7 +154,7 @@ def assert_same_batch(out, expected, path="batch"):
     elif isinstance(expected, np.ndarray):
         np.testing.assert_array_equal(out, expected, err_msg=path)
         if expected.nbytes >= INLINE_BYTES:
-            assert (_mapped_file(out) or "").startswith("/dev/shm/seqify-"), f"{path} was pickled, not sent through shared memory"
+            assert (mapped_file(out) or "").startswith("/dev/shm/seqify-"), f"{path} was pickled, not sent through shared memory"
     else:
         assert out == expected, path
 
@@ -229,7 +211,7 @@ def test_fit_trains_a_two_input_model_on_dict_batches_from_shared_memory(closing
     ds = closing(seqify.from_batch_fn(tf_.dict_inputs_batch, 6, **KINDS["fork"]))
     x, _ = epoch(ds)[0]
     assert type(x) is type(tf_.dict_inputs_batch(0)[0])
-    assert (_mapped_file(x["image"]) or "").startswith("/dev/shm/seqify-")
+    assert (mapped_file(x["image"]) or "").startswith("/dev/shm/seqify-")
     model.fit(ds, epochs=2, verbose=0, shuffle=False)
     assert model.trained == list(range(6)) * 2
 
@@ -314,7 +296,7 @@ def test_decode_unlinks_the_segment_and_keeps_the_data(prefix):
     out = decode(ref)
     assert shm(prefix) == []
     np.testing.assert_array_equal(out, big)
-    assert (_mapped_file(out) or "").startswith(f"/dev/shm/{ref.name}")  # a view of it, not a copy
+    assert (mapped_file(out) or "").startswith(f"/dev/shm/{ref.name}")  # a view of it, not a copy
 
 
 def test_nested_dicts_tuples_and_lists_round_trip_with_their_types(prefix):
