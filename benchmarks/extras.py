@@ -44,19 +44,14 @@ import warnings  # noqa: E402
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
+from benchmarks.measure import quiet_keras_import  # noqa: E402
+
 
 def _quiet_import():
-    """Imports TensorFlow/Keras with native stderr muted (absl start-up lines)."""
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-        import keras  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    """Imports TensorFlow/Keras (the TF backend here) with native stderr muted."""
+    quiet_keras_import()
+    import tensorflow as tf
+
     tf.get_logger().setLevel("ERROR")
     return tf
 

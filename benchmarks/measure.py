@@ -30,7 +30,7 @@ def log(*args):
     print(*args, flush=True)
 
 
-def _quiet_keras():
+def quiet_keras_import():
     """Imports Keras (and TensorFlow when it is the backend) with native stderr muted."""
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -213,7 +213,7 @@ def main(argv=None):
     parser.add_argument("--paths", default=None, help="comma-separated paths (default: all of the backend's)")
     args = parser.parse_args(argv)
     os.environ["KERAS_BACKEND"] = args.backend
-    _quiet_keras()
+    quiet_keras_import()
     import warnings
 
     warnings.filterwarnings("ignore")
