@@ -52,6 +52,7 @@ class SequenceAdapter(ki.DataAdapter):
         self._within_epoch = False
         self._begin_pending = False
         self._begun = False
+        self._passes_started = 0
         self._building = False
         self._lock = threading.Lock()
         self._feeds = collections.deque()  # live feeds, oldest first
@@ -91,6 +92,7 @@ class SequenceAdapter(ki.DataAdapter):
             yield self._weigh(self.sequence._runner.sample_batches(1)[0])
             return
         self._deliver_epoch_begin()
+        self._passes_started += 1
         runner = self.sequence._runner
         source = runner.source
         if feed is not None and source.reorders and source.num_batches() is not None:
@@ -275,6 +277,12 @@ class SequenceAdapter(ki.DataAdapter):
         if not self._within_epoch:
             self._within_epoch = True
             self._begin_pending = True
+            if self._passes_started:
+                # Once a real pass has run, no shape-building pull can come:
+                # the hook runs now. Deferring it to the next fetch would
+                # miss an epoch served wholly from batches already pulled
+                # ahead (a pass that spans Keras epochs).
+                self._deliver_epoch_begin()
 
     def on_epoch_end(self):
         # Keras may call this several times per epoch (reset, end of

@@ -55,6 +55,21 @@ class Infinite(seqify.Sequence):
         return make_batch(index)
 
 
+def test_epoch_served_wholly_from_batches_pulled_ahead_still_runs_both_hooks():
+    # fit(steps_per_epoch=2) over 4 batches: one pass spans two Keras epochs,
+    # and a prefetcher may already hold the second epoch's batches.
+    with Counting(4, workers=2, shuffle=False) as ds:
+        adapter = data_adapters.get_data_adapter(ds, shuffle=False, steps_per_epoch=2)
+        adapter.on_epoch_begin()
+        iterator = adapter.get_numpy_iterator()
+        pulled = [next(iterator) for _ in range(4)]  # all of them, ahead of use
+        adapter.on_epoch_end()
+        adapter.on_epoch_begin()  # nothing more is fetched in this epoch
+        adapter.on_epoch_end()
+        assert batch_ids(pulled) == [0, 1, 2, 3]
+        assert (ds.begins, ds.ends) == (2, 2)
+
+
 # -- the adapter protocol, driven as Keras drives it ------------------------------
 def _epoch(adapter, order):
     if order == "iterator-first":  # as Keras's py_dataset_adapter_test.py does
