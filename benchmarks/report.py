@@ -93,6 +93,12 @@ def targets(records):
         seq_np = _best(records, "numpy", workload, "seqify")
         if seq_tf and seq_np:
             check(f"{workload}, TF path vs seqify's numpy path (best settings)", median(seq_tf) / median(seq_np), 0.9)
+    floor = rate("numpy", "tiny", "Keras's EpochIterator alone, prebuilt batches (floor)")
+    if floor and plain:
+        # fn(i) plus Keras's own per-step cost: no source driven by fit can beat it.
+        bound = 1.0 / (1.0 / plain + 1.0 / floor)
+        lines.append(f"- (context) tiny, numpy path: Keras's EpochIterator alone steps at {floor:,.0f}/s here, so a "
+                     f"source that adds nothing to fn(i) would reach {bound / plain:.2f}× the plain loop through fit")
     for path in ("tf", "tf32"):
         ceiling = rate(path, "tiny", "tf.data in-graph dataset (ceiling)")
         best = _best(records, path, "tiny", "seqify")

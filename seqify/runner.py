@@ -81,6 +81,9 @@ GIVE_BACK_LIMIT = 160
 #: ever outstanding).
 GIVE_BACK_BYTES = 64 << 20
 GIVE_BACK_MIN = 32
+#: Most batches in flight for a random-access source whose batches are tiny
+#: and cheap (see seqify/engine/window.py, "elastic").
+ELASTIC_WINDOW = 256
 
 
 class Delivered:
@@ -341,8 +344,21 @@ class EpochRunner:
             return count
 
     def _tracked(self, items, submitted):
-        for item in items:
-            submitted.append(item if type(item) is Task else item.task)
+        # Records what goes in flight, and times each `next()` as input wait
+        # (a stream's next item); one generator level for both, per batch.
+        items = iter(items)
+        clock = input_wait.clock
+        add = input_wait.add
+        append = submitted.append
+        while True:
+            started = clock()
+            try:
+                item = next(items)
+            except StopIteration:
+                add(clock() - started, 0)
+                return
+            add(clock() - started, 0)
+            append(item if type(item) is Task else item.task)
             yield item
 
     def _parallel(self, plan: Pass, submitted):
@@ -356,8 +372,11 @@ class EpochRunner:
             check()  # a worker that died between passes is reported as such
         try:
             # Time spent getting the next task (a stream's next item) is input wait too.
-            items = self._tracked(input_wait.timed(self.source.tasks(plan, self.state)), submitted)
-            yield from ordered(pool, items, self.window(), self._abandon)
+            items = self._tracked(self.source.tasks(plan, self.state), submitted)
+            # Read-ahead of random-access sources costs only memory: their
+            # window may grow for tiny, cheap batches (see engine/window.py).
+            elastic = ELASTIC_WINDOW if self.source.reorders else None
+            yield from ordered(pool, items, self.window(), self._abandon, elastic)
         except errors.WorkerDiedError:
             with self.lock:
                 if self._pool is pool:

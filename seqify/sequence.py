@@ -75,7 +75,9 @@ class Sequence(keras.utils.PyDataset):
             `use_multiprocessing=True`); 0 builds batches on the thread that
             consumes them; "auto" measures and picks (see `seqify.check`).
         use_multiprocessing: use processes (for GIL-holding Python work).
-        max_queue_size: maximum number of batches in flight.
+        max_queue_size: maximum number of batches in flight (for tiny,
+            cheap batches of a random-access source the window may grow,
+            within 4 MiB and ~20 ms of work: docs/design.md, record 23).
         seed: seed for shuffling, `worker_info().rng()` and the global
             RNGs of process workers; drawn at random if None.
         start_method: "fork", "spawn", "forkserver", or None for seqify's

@@ -32,7 +32,8 @@ class Settings:
         workers: number of workers, 0 (build on the consuming thread) or
             "auto" (measured at pool start, see `seqify.check`).
         use_multiprocessing: processes instead of threads.
-        max_queue_size: batches in flight at most.
+        max_queue_size: batches in flight at most (tiny, cheap batches of
+            a random-access source excepted: docs/design.md, record 23).
         start_method: "fork", "spawn", "forkserver" or None (seqify's
             default for the running Keras backend).
         seed: seeds the order of shuffled passes, `worker_info().rng()` and

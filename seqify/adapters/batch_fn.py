@@ -145,7 +145,8 @@ def from_batch_fn(
         workers: number of workers; 0 builds batches on the calling thread;
             "auto" measures and picks.
         use_multiprocessing: use worker processes instead of threads.
-        max_queue_size: maximum number of batches in flight.
+        max_queue_size: maximum number of batches in flight (tiny, cheap
+            batches may run further ahead: docs/design.md, record 23).
         start_method: "fork", "spawn", "forkserver" or None (seqify's default).
         output_signature: `tf.TensorSpec` structure for the TF backend, or
             None to infer it from the first batches.

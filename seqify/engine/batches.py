@@ -14,6 +14,8 @@ def standardize_batch(batch, index):
     Raises:
         TypeError: naming the batch index and what was returned instead.
     """
+    if type(batch) is tuple and 1 <= len(batch) <= 3:  # the common case, first
+        return batch
     if isinstance(batch, dict):
         return batch
     if isinstance(batch, np.ndarray):

@@ -7,7 +7,7 @@ start in a fraction of a second.
 
 from seqify.engine import errors
 from seqify.engine.batches import standardize_batch
-from seqify.engine.worker_info import WorkerInfo, seed_global_rngs, set_current
+from seqify.engine.worker_info import seed_global_rngs, set_current
 
 from seqify.engine.messages import Task, TaskKind
 
@@ -80,8 +80,10 @@ class Job:
             num_shards = self.training_shard[1] * local
         else:
             shard_index, num_shards = 0, 1
-        info = WorkerInfo(worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards, task.shuffled)
-        previous = set_current(info)
+        # WorkerInfo's fields; `worker_info()` builds the object on demand.
+        previous = set_current(
+            (worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards, task.shuffled)
+        )
         if use_multiprocessing:
             # A worker process's global RNGs are seqify's to set (nothing
             # else runs there); a thread's or the caller's are the user's.

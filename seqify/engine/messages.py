@@ -106,14 +106,25 @@ class Ready:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Result:
-    """Worker -> parent: the batch of task `task_id`, encoded for the pipe."""
+    """Worker -> parent: the batch of task `task_id`, encoded for the pipe.
+
+    Attributes:
+        task_id: the task answered.
+        value: the batch, as `shm_transport.Encoder.encode` left it.
+        seconds: how long the worker took to build it (the parent's measure
+            of the cost per batch, which sizes its bursts of tasks).
+        mapped: whether `value` refers to shared memory (else it is the
+            batch itself and needs no decoding).
+    """
 
     task_id: int
     value: Any
+    seconds: float = 0.0
+    mapped: bool = True
 
     def __reduce__(self):
         # One per batch: positional, not the dataclass's field-by-field state.
-        return Result, (self.task_id, self.value)
+        return Result, (self.task_id, self.value, self.seconds, self.mapped)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -187,6 +187,12 @@ class ProcessPool:
         self._lock = threading.RLock()
         self.shm_prefix = None
         self._sender = None
+        self._cost = 0.0  # seconds per batch on a worker, moving average
+
+    @property
+    def batch_cost(self) -> float:
+        """Measured seconds per batch on a worker (0.0 before any)."""
+        return self._cost
 
     # -- life cycle -------------------------------------------------------
     def _start(self):
@@ -296,18 +302,42 @@ class ProcessPool:
                 worker = min(self._workers, key=lambda w: len(w.tasks))
             else:
                 worker = self._workers[task.worker]
-            task_id = next(self._task_ids)
-            worker.tasks[task_id] = task
-            self._owner[task_id] = worker
-            if task.payload is not None:
-                task = dataclasses.replace(task, payload=self._encoder.encode(task.payload))
-                if self._sender is None:
-                    self._sender = _Sender()
-            worker.outbox[task_id] = task
+            handle = self._assign(worker, task)
             # A worker with nothing in hand must not wait for the consumer.
             if not worker.in_hand() or len(worker.outbox) >= _MAX_CHUNK:
                 self._flush(worker)
-            return _Handle(self, task_id)
+            return handle
+
+    def submit_many(self, tasks) -> list:
+        """Queues unpinned `tasks`; their handles, in order.
+
+        Each worker gets a consecutive run of them (the least loaded first),
+        so a burst of cheap tasks costs one `Work` message per worker.
+        """
+        with self._lock:
+            if self._workers is None:
+                self._start()
+            workers = sorted(self._workers, key=lambda w: len(w.tasks))
+            share = -(-len(tasks) // len(workers))
+            handles = []
+            for start in range(0, len(tasks), share):
+                worker = workers[start // share]
+                idle = not worker.in_hand()
+                handles.extend(self._assign(worker, task) for task in tasks[start:start + share])
+                if idle or len(worker.outbox) >= _MAX_CHUNK:
+                    self._flush(worker)
+            return handles
+
+    def _assign(self, worker, task) -> _Handle:
+        task_id = next(self._task_ids)
+        worker.tasks[task_id] = task
+        self._owner[task_id] = worker
+        if task.payload is not None:
+            task = dataclasses.replace(task, payload=self._encoder.encode(task.payload))
+            if self._sender is None:
+                self._sender = _Sender()
+        worker.outbox[task_id] = task
+        return _Handle(self, task_id)
 
     def _flush(self, worker):
         if not worker.outbox:
@@ -356,7 +386,7 @@ class ProcessPool:
                 self._pump()
             reply, worker = self._results.pop(task_id)
         if type(reply) is Result:
-            return worker.decoder.decode(reply.value)
+            return worker.decoder.decode(reply.value) if reply.mapped else reply.value
         task = reply.task
         raise errors.unpack_exception(reply.error, describe(task.kind, task.epoch, task.index, worker.worker_id, True))
 
@@ -396,6 +426,8 @@ class ProcessPool:
             if kind is RemoteError and reply.task_id is None:  # the worker failed to start
                 self._teardown()
                 raise errors.unpack_exception(reply.error, f"while starting worker process {worker.worker_id}")
+            if kind is Result:
+                self._cost += 0.1 * (reply.seconds - self._cost)
             task_id = reply.task_id
             task = worker.tasks.pop(task_id)
             self._owner.pop(task_id, None)

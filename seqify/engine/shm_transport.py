@@ -244,6 +244,7 @@ class Encoder:
         self._counter = itertools.count()
         self._slots = []
         self.full = None  # the first ShmFull this encoder met
+        self.mapped = False  # whether the last `encode` replaced an array
 
     def release(self, slot_ids) -> None:
         """Marks recycled slots free again (their arrays are gone)."""
@@ -255,7 +256,12 @@ class Encoder:
             self._slots[slot_id].free = True
 
     def encode(self, obj):
-        """Returns `obj` with every large ndarray replaced by a ShmArray (or a PipedArray)."""
+        """Returns `obj` with every large ndarray replaced by a ShmArray (or a PipedArray).
+
+        Afterwards `mapped` tells whether anything was replaced (if not, the
+        receiver can skip decoding).
+        """
+        self.mapped = False
         if not AVAILABLE:
             return obj
         return tree.map_structure(self._leaf, obj)
@@ -266,6 +272,7 @@ class Encoder:
         # than their buffer and travel pickled, intact.
         if type(obj) is np.ndarray or type(obj) is np.memmap:
             if obj.nbytes >= self.inline_bytes and not obj.dtype.hasobject:
+                self.mapped = True
                 return self._write(obj)
         return obj
 

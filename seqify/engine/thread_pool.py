@@ -153,8 +153,7 @@ class _Lane:
         return run
 
     def _serve(self, worker_id):
-        self.pool._local.worker_id = worker_id
-        run_task = self.pool._run
+        pool = self.pool
         clock = time.perf_counter
         wake = threading.Lock()
         wake.acquire()  # held while awake; a waker releases it
@@ -167,7 +166,7 @@ class _Lane:
                     return
                 started = clock()
                 try:
-                    slot.value = run_task(slot.task)
+                    slot.value = pool.job.run(slot.task, worker_id, pool.num_workers, False)
                 except BaseException as exc:  # delivered to the consumer
                     slot.error = exc
                 cost = clock() - started
@@ -222,11 +221,7 @@ class ThreadPool:
         self._name = name
         self._lane = None
         self._pinned = {}
-        self._local = threading.local()
         self._lock = threading.Lock()
-
-    def _run(self, task):
-        return self.job.run(task, self._local.worker_id, self.num_workers, False)
 
     def submit(self, task) -> _Slot:
         """Runs one task; `task.worker` pins it to one worker (tasks then run in order)."""

@@ -16,16 +16,47 @@ a burst worth about `BURST_SECONDS` of work, so that sleeping workers are
 woken once per burst, not once per batch. Slow batches keep the window full
 (a burst of one). The inline pool (`workers=0`) skips the window: each batch
 is built when it is asked for.
+
+An elastic window (`elastic=`, for random-access sources, whose read-ahead
+costs nothing but memory) may grow beyond `size` while batches are measured
+to be both tiny and cheap (`ELASTIC_BATCH_BYTES`, `ELASTIC_BATCH_SECONDS`
+each): to at most `elastic` batches, `ELASTIC_BYTES` of batches and
+`ELASTIC_SECONDS` of work. A window of 10 tiny batches split
+over the workers wakes them every few batches and sends process workers a
+message per batch or two; a grown one sends chunks (see docs/design.md,
+"The elastic window"). Large or slow batches keep the window at `size`.
 """
 
 import collections
 
 from seqify import input_wait
+from seqify.engine import tree
 from seqify.engine.messages import Task
 
 
 #: A refill burst is worth about this much work (see module docstring).
 BURST_SECONDS = 200e-6
+#: An elastic window holds at most this many bytes of batches...
+ELASTIC_BYTES = 4 << 20
+#: ... of batches no larger than this each...
+ELASTIC_BATCH_BYTES = 16 << 10
+#: ... that each take at most this long to build...
+ELASTIC_BATCH_SECONDS = 100e-6
+#: ... and at most this much work ahead of the consumer.
+ELASTIC_SECONDS = 0.02
+#: Batch sizes are sampled once every this many results.
+_SAMPLE_EVERY = 64
+
+
+def _nbytes(batch) -> int:
+    return sum(getattr(leaf, "nbytes", 0) for leaf in tree.leaves(batch))
+
+
+def elastic_size(size: int, elastic: int, cost: float, nbytes) -> int:
+    """The window for batches of measured `cost` (s) and `nbytes` (None: unknown)."""
+    if not 0.0 < cost <= ELASTIC_BATCH_SECONDS or nbytes is None or nbytes > ELASTIC_BATCH_BYTES:
+        return size
+    return max(size, min(elastic, int(ELASTIC_SECONDS / cost), ELASTIC_BYTES // max(nbytes, 1)))
 
 
 def discard_all(pending) -> None:
@@ -33,26 +64,34 @@ def discard_all(pending) -> None:
         handle.discard()
 
 
-def ordered(pool, items, size, on_abandon=None):
+def ordered(pool, items, size, on_abandon=None, elastic=None):
     """Yields `pool` results for `items` (tasks or ready handles) in order.
 
     Args:
         pool: a thread, process or inline pool (`submit(task) -> handle`).
         items: iterable of `seqify.engine.messages.Task` or ready handles.
-        size: maximum number of tasks in flight (>= 1).
+        size: maximum number of tasks in flight (>= 1), unless `elastic`.
         on_abandon: called with the undelivered `(task, handle)` pairs, in
             order, if the iteration ends early; it owns the handles (must
             discard or resolve them). Default: discard.
+        elastic: None, or the most tasks in flight while batches are tiny
+            and cheap (see module docstring); needs a pool that measures
+            `batch_cost`.
     """
     if getattr(pool, "inline", False):
         return _inline(pool, items, on_abandon)  # one generator level less per batch
-    return _windowed(pool, items, size, on_abandon)
+    return _windowed(pool, items, size, on_abandon, elastic)
 
 
-def _windowed(pool, items, size, on_abandon):
+def _windowed(pool, items, base, on_abandon, elastic=None):
     pending = collections.deque()
     items = iter(items)
     costed = hasattr(pool, "batch_cost")
+    if not costed:
+        elastic = None
+    size = base
+    nbytes = None  # sampled size of a batch (elastic windows only)
+    delivered = 0
     low = size - 1  # refill once at most `low` tasks are in flight
     exhausted = False
     finished = False
@@ -66,6 +105,8 @@ def _windowed(pool, items, size, on_abandon):
             if not exhausted and len(pending) <= low:
                 if costed:
                     cost = pool.batch_cost
+                    if elastic is not None:
+                        size = elastic_size(base, elastic, cost, nbytes)
                     burst = size // 2 if cost <= 0.0 else int(BURST_SECONDS / cost)
                     low = size - max(1, min(size // 2, burst))
                 burst = []  # unpinned tasks, submitted together (one wake-up)
@@ -102,6 +143,12 @@ def _windowed(pool, items, size, on_abandon):
             result = pending[0][1].result()
             add_wait(clock() - started)
             pending.popleft()
+            if elastic is not None:
+                if delivered % _SAMPLE_EVERY == 0:
+                    nbytes = _nbytes(result)
+                    if nbytes > ELASTIC_BATCH_BYTES:
+                        size = base  # large batches: no more bursts beyond the queue size
+                delivered += 1
             yield result
     finally:
         if not finished:

@@ -115,11 +115,19 @@ def worker_info() -> Optional[WorkerInfo]:
         The current `WorkerInfo`, or `None` when not called from inside a
         seqify batch function, transform or sharded generator.
     """
-    return getattr(_state, "info", None)
+    current = getattr(_state, "info", None)
+    if type(current) is tuple:
+        # Built on first request: most batch functions never ask.
+        current = _state.info = WorkerInfo(*current)
+    return current
 
 
-def set_current(info: Optional[WorkerInfo]) -> Optional[WorkerInfo]:
+def set_current(info) -> object:
     """Sets `worker_info()` for this thread; returns the previous value.
+
+    Args:
+        info: a `WorkerInfo`, the tuple of its fields (built into one only
+            if user code asks), or None.
 
     A plain function rather than a context manager: it runs once per batch.
     """

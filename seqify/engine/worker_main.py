@@ -84,7 +84,9 @@ def _run_work(conn, job, work: Work, worker_id, num_workers, encoder):
         try:
             if task.payload is not None:
                 task = dataclasses.replace(task, payload=shm_transport.decode(task.payload))
-            reply = Result(task_id, encoder.encode(job.run(task, worker_id, num_workers, True)))
+            batch = job.run(task, worker_id, num_workers, True)
+            built = time.monotonic()
+            reply = Result(task_id, encoder.encode(batch), built - started, encoder.mapped)
         except BaseException as exc:
             reply = RemoteError(task_id, errors.pack_exception(exc))
         now = time.monotonic()

@@ -1,4 +1,5 @@
-"""Memory bound: never more than max(max_queue_size, workers) batches in flight."""
+"""Memory bound: never more than max(max_queue_size, workers) batches in flight,
+except the elastic window of tiny, cheap random-access batches (design record 23)."""
 
 import functools
 import threading
@@ -87,3 +88,53 @@ def test_stream_producer_runs_ahead_by_at_most_buffer_size(workers, closing):
             peak = max(peak, count["generated"] - consumed)
     # the buffer, the one item the producer holds, and the tasks in flight
     assert peak <= buffer_size + 1 + window
+
+
+def _tiny_started(i):
+    return (np.array([i, time.monotonic()], dtype=np.float64),)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["threads", "fork"])
+def test_tiny_cheap_batches_of_a_random_access_source_run_ahead_beyond_the_queue_size(kind, closing, monkeypatch):
+    # "Cheap" is a measured cost; a loaded machine must not make this test flaky.
+    from seqify.engine import window
+    monkeypatch.setattr(window, "ELASTIC_BATCH_SECONDS", 1.0)
+    ds = closing(seqify.from_batch_fn(_tiny_started, 300, max_queue_size=2, **dict(KINDS[kind], workers=2)))
+    peak = _max_in_flight(ds, consume_seconds=0.001)
+    assert 2 < peak <= 256
+
+
+@pytest.mark.timeout(60)
+def test_large_cheap_batches_keep_the_queue_size_bound(closing, monkeypatch):
+    from seqify.engine import window
+    monkeypatch.setattr(window, "ELASTIC_BATCH_SECONDS", 1.0)
+
+    def large(i):
+        row = np.zeros(8192)  # 64 KiB: beyond ELASTIC_BATCH_BYTES
+        row[0], row[1] = i, time.monotonic()
+        return (row,)
+
+    ds = closing(seqify.from_batch_fn(large, 60, max_queue_size=2, workers=2))
+    assert _max_in_flight(ds, consume_seconds=0.002) <= 2
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_of_tiny_cheap_batches_keeps_the_queue_size_bound(closing, monkeypatch):
+    # A stream's read-ahead is batches taken from the generator: never elastic.
+    from seqify.engine import window
+    monkeypatch.setattr(window, "ELASTIC_BATCH_SECONDS", 1.0)
+
+    def gen():
+        i = 0
+        while True:
+            yield (np.array([i, 0.0]),)
+            i += 1
+
+    def stamp(batch):
+        row = batch[0].copy()
+        row[1] = time.monotonic()
+        return (row,)
+
+    ds = closing(seqify.from_generator(gen, steps_per_epoch=120, max_queue_size=2, workers=2, transform=stamp))
+    assert _max_in_flight(ds, consume_seconds=0.002) <= 2

@@ -52,6 +52,22 @@ def test_results_come_back_in_submission_order_though_workers_finish_out_of_orde
 
 
 @pytest.mark.timeout(60)
+def test_a_burst_gives_each_worker_one_consecutive_run_of_its_tasks(uneven_pool):
+    uneven_pool.check()
+    handles = uneven_pool.submit_many(_tasks(8, epoch=3))
+    got = [h.result() for h in handles]
+    assert [int(b[0][0]) for b in got] == list(range(8))
+    pids = [int(b[0][1]) for b in got]
+    assert pids[:4] == [pids[0]] * 4 and pids[4:] == [pids[4]] * 4 and pids[0] != pids[4]
+
+
+@pytest.mark.timeout(60)
+def test_the_pool_measures_the_cost_of_a_batch_on_its_workers(uneven_pool):
+    _run(uneven_pool, _tasks(6, epoch=4))
+    assert 0.0 < uneven_pool.batch_cost < 1.0
+
+
+@pytest.mark.timeout(60)
 def test_each_task_is_built_exactly_once(tmp_path, closing):
     log = tmp_path / "built"
     pool = _own_pool(closing, functools.partial(wf.recording_batch, str(log)))

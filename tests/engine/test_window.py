@@ -127,3 +127,27 @@ def test_ready_handles_are_passed_through_in_their_place():
     items = [Ready(0), *_tasks(3)[1:], Ready(3)]
     assert _ids(ordered(pool, items, 2)) == [0, 1, 2, 3]
     assert pool.submitted == [1, 2]  # the ready ones were not submitted again
+
+
+# -- the elastic window ---------------------------------------------------------------
+from seqify.engine import window as window_module  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "cost, nbytes, expected",
+    [
+        (0.0, 512, 10),  # not measured yet
+        (10e-6, None, 10),  # size not sampled yet
+        (10e-6, 512, 256),  # tiny and cheap: up to `elastic`
+        (10e-6, 32 << 10, 10),  # too large
+        (1e-3, 512, 10),  # too slow
+        (95e-6, 512, 210),  # bounded by ELASTIC_SECONDS of work
+        (10e-6, 16 << 10, 256),  # 256 x 16 KiB = 4 MiB: just within ELASTIC_BYTES
+    ],
+)
+def test_elastic_size_grows_only_for_tiny_cheap_batches_within_its_bounds(cost, nbytes, expected):
+    assert window_module.elastic_size(10, 256, cost, nbytes) == expected
+
+
+def test_elastic_size_never_shrinks_below_the_queue_size():
+    assert window_module.elastic_size(300, 256, 10e-6, 512) == 300

@@ -90,3 +90,15 @@ def test_seeding_depends_on_seed_epoch_and_index_only():
         seed_global_rngs(*key)
         draws.add(np.random.rand())
     assert len(draws | {first[0]}) == 4
+
+
+def _same_info_twice(i):
+    first, second = seqify.worker_info(), seqify.worker_info()
+    return (np.array([first is second, isinstance(first, seqify.WorkerInfo), first.index == i]),)
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["inline", "threads-2"])
+def test_worker_info_is_one_worker_info_per_batch_and_none_outside(workers, closing):
+    ds = closing(seqify.from_batch_fn(_same_info_twice, 6, workers=workers))
+    assert all(bool(b[0].all()) for b in epoch(ds))
+    assert seqify.worker_info() is None
