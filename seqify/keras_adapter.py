@@ -82,14 +82,15 @@ class SequenceAdapter(ki.DataAdapter):
         if feed.exhausted:
             self._retire(feed)
 
-    def _batches(self, feed=None):
-        """One pass of the engine, weighted; a generator started lazily."""
+    def _batches(self, feed=None, numpy=False):
+        """One pass of the engine, weighted (and as numpy if `numpy`); a generator started lazily."""
         if ki.building_model(_OWN_CODES):
             # Keras pulls one batch only to build the model's shapes, then
             # drops the iterator: give it a sample so no stream batch is
             # lost and no epoch (or epoch hook) is spent on it.
             self._building = True
-            yield self._weigh(self.sequence._runner.sample_batches(1)[0])
+            batch = self._weigh(self.sequence._runner.sample_batches(1)[0])
+            yield _as_numpy(batch) if numpy else batch
             return
         self._deliver_epoch_begin()
         self._passes_started += 1
@@ -109,11 +110,14 @@ class SequenceAdapter(ki.DataAdapter):
             batches = runner.iter_epoch(False, force=True, delivered=delivered)
         else:
             batches = runner.iter_epoch(self.shuffle, delivered=delivered)
+        weigh = self._weigh if self.class_weight is not None else None
         try:
             for batch in batches:
                 if self._begin_pending:  # a pass that spans Keras epochs
                     self._deliver_epoch_begin()
-                yield self._weigh(batch)
+                if weigh is not None:
+                    batch = weigh(batch)
+                yield _as_numpy(batch) if numpy else batch
             if feed is not None:
                 feed.exhausted = True  # retires when Keras drops it
         finally:
@@ -196,8 +200,7 @@ class SequenceAdapter(ki.DataAdapter):
     def _numpy_batches(self, feed=None):
         # Not Keras's get_numpy_iterator: its per-batch tree map costs more
         # than the rest of seqify's path; batches are almost always numpy.
-        for batch in self._batches(feed):
-            yield _as_numpy(batch)
+        return self._batches(feed, numpy=True)
 
     def get_numpy_iterator(self):
         return self._feed(self._numpy_batches)

@@ -26,9 +26,12 @@ class TaskKind(enum.Enum):
         }[self]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(unsafe_hash=True, slots=True)
 class Task:
-    """One batch to build.
+    """One batch to build. Treat it as immutable (`dataclasses.replace`).
+
+    Not `frozen`: one is built per batch, and a frozen dataclass's
+    `__init__` costs three times as much (0.84 vs 0.28 µs).
 
     Attributes:
         kind: what to do.
