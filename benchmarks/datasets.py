@@ -3,6 +3,7 @@
 import threading
 
 import keras
+from keras.src.trainers.data_adapters.data_adapter import DataAdapter
 
 import seqify
 
@@ -68,3 +69,33 @@ class PlainStateSequence(HookedStateSequence):
     """The same object without epoch hooks."""
 
     on_epoch_end = seqify.Sequence.on_epoch_end
+
+
+class BareAdapter(DataAdapter):
+    """A data adapter handing out batches built beforehand, with nothing else
+    per batch: what Keras's EpochIterator alone costs per step (the floor
+    under every row that `fit` drives)."""
+
+    def __init__(self, fn, n):
+        self.batches = [fn(i) for i in range(64)]
+        self.n = n
+
+    def get_numpy_iterator(self):
+        batches = self.batches
+        return (batches[i & 63] for i in range(self.n))
+
+    @property
+    def num_batches(self):
+        return self.n
+
+    @property
+    def batch_size(self):
+        return None
+
+    @property
+    def has_partial_batch(self):
+        return False
+
+    @property
+    def partial_batch_size(self):
+        return None

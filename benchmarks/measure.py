@@ -81,7 +81,14 @@ def epoch_runner(obj, family, path):
         else:  # the base class's buffered __next__, over get_torch_dataloader()
             from keras.src.backend.torch.trainer import TorchEpochIterator as EpochIterator
 
-        iterator = EpochIterator(x=obj, shuffle=False)
+        if family == "floor":  # a bare adapter: Keras's EpochIterator and nothing else
+            import numpy as np
+
+            iterator = EpochIterator(x=np.zeros((1, 1)), batch_size=1, shuffle=False)
+            iterator.data_adapter = obj
+            iterator._num_batches = obj.num_batches
+        else:
+            iterator = EpochIterator(x=obj, shuffle=False)
 
         def numpy_epoch():
             count = 0

@@ -93,7 +93,7 @@ def targets(records):
         seq_np = _best(records, "numpy", workload, "seqify")
         if seq_tf and seq_np:
             check(f"{workload}, TF path vs seqify's numpy path (best settings)", median(seq_tf) / median(seq_np), 0.9)
-    floor = rate("numpy", "tiny", "Keras's EpochIterator alone, prebuilt batches (floor)")
+    floor = rate("numpy", "tiny", "Keras's EpochIterator alone, bare adapter (floor)")
     if floor and plain:
         # fn(i) plus Keras's own per-step cost: no source driven by fit can beat it.
         bound = 1.0 / (1.0 / plain + 1.0 / floor)

@@ -7,7 +7,7 @@ start in a fraction of a second.
 
 from seqify.engine import errors
 from seqify.engine.batches import standardize_batch
-from seqify.engine.worker_info import seed_global_rngs, set_current
+from seqify.engine.worker_info import _state, seed_global_rngs
 
 from seqify.engine.messages import Task, TaskKind
 
@@ -81,9 +81,10 @@ class Job:
         else:
             shard_index, num_shards = 0, 1
         # WorkerInfo's fields; `worker_info()` builds the object on demand.
-        previous = set_current(
-            (worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards, task.shuffled)
-        )
+        # (`set_current`, inlined: this runs once per batch.)
+        state = _state
+        previous = getattr(state, "info", None)
+        state.info = (worker_id, num_workers, epoch, index, self.seed, use_multiprocessing, shard_index, num_shards, task.shuffled)
         if use_multiprocessing:
             # A worker process's global RNGs are seqify's to set (nothing
             # else runs there); a thread's or the caller's are the user's.
@@ -104,7 +105,7 @@ class Job:
             errors.annotate(exc, describe(kind, epoch, index, worker_id, use_multiprocessing))
             raise
         finally:
-            set_current(previous)
+            state.info = previous
 
 
 def describe(kind, epoch, index, worker_id, use_multiprocessing) -> str:
