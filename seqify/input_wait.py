@@ -14,7 +14,7 @@ reads and two additions.
 
 import time
 import weakref
-from typing import Iterable, Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 clock = time.perf_counter
 _total = [0.0, 0]  # seconds waited, batches delivered
@@ -37,20 +37,6 @@ def snapshot() -> Tuple[float, int]:
     """`(seconds waited, batches delivered)` since the process started."""
     total = _total
     return total[0], total[1]
-
-
-def timed(items: Iterable) -> Iterator:
-    """Yields from `items`, adding the time each `next()` takes (no batch counted)."""
-    items = iter(items)
-    while True:
-        started = clock()
-        try:
-            item = next(items)
-        except StopIteration:
-            add(clock() - started, 0)
-            return
-        add(clock() - started, 0)
-        yield item
 
 
 def note_runner(runner) -> None:

@@ -424,8 +424,7 @@ class EpochRunner:
         # handles, just the job on this thread.
         run = self.source.make_job().run
         clock = input_wait.clock
-        for task in input_wait.timed(self.source.tasks(plan, self.state)):
-            submitted.append(task)
+        for task in self._tracked(self.source.tasks(plan, self.state), submitted):
             started = clock()
             try:
                 batch = run(task)
