@@ -163,3 +163,61 @@ def test_tiny_batches_cross_into_tf_data_several_at_a_time():
         finally:
             seqify.tf_dataset._Chunker = original
     assert sum(crossings) == 200 and len(crossings) < 50
+
+
+# -- large arrays reach tf.data aligned (no TensorFlow copy), never recycled early --
+
+def _misaligned(shape, value):
+    # numpy's large allocations are 16-byte aligned; force "not 64" either way.
+    nbytes = int(np.prod(shape)) * 4
+    raw = np.empty(nbytes + 128, np.uint8)
+    offset = (16 - raw.ctypes.data) % 64
+    x = raw[offset:offset + nbytes].view(np.float32).reshape(shape)
+    x.fill(value)
+    assert x.ctypes.data % seqify.tf_dataset.TF_ALIGN != 0
+    return x
+
+
+def _large_batch(i):  # 256 KiB: crosses one batch at a time
+    return _misaligned((64, 1024), i), np.full((64, 1), i, np.float32)
+
+
+def _mid_batch(i):  # 80 KiB: chunked, stacked into an aligned buffer
+    return _misaligned((20, 1024), i), np.full((20, 1), i, np.float32)
+
+
+@pytest.mark.parametrize("batch_fn", [_large_batch, _mid_batch], ids=["one_per_crossing", "chunked"])
+def test_large_batches_held_by_tensorflow_keep_their_values_while_buffers_recycle(batch_fn):
+    # Every tensor is kept alive to the end: a buffer reused while a tensor
+    # still wrapped it would show a later batch's values here.
+    with seqify.from_batch_fn(batch_fn, 12) as ds:
+        elements = list(ds.to_tf_dataset())
+    assert [int(y.numpy()[0, 0]) for _, y in elements] == list(range(12))
+    for i, (x, _) in enumerate(elements):
+        assert np.all(x.numpy() == i)
+
+
+def test_large_batches_from_thread_workers_arrive_whole_and_in_order():
+    with seqify.from_batch_fn(_large_batch, 10, workers=2) as ds:
+        values = [(int(x.numpy()[0, 0]), float(x.numpy().sum())) for x, _ in ds.to_tf_dataset()]
+    assert values == [(i, float(i * 64 * 1024)) for i in range(10)]
+
+
+def test_aligned_buffer_is_reused_only_once_nothing_views_it():
+    aligned = seqify.tf_dataset._Aligned()
+    first = aligned.empty((128, 1024), np.float32)
+    assert first.ctypes.data % seqify.tf_dataset.TF_ALIGN == 0
+    second = aligned.empty((128, 1024), np.float32)
+    assert second.ctypes.data != first.ctypes.data  # `first` is still held
+    address = first.ctypes.data
+    del first
+    assert aligned.empty((128, 1024), np.float32).ctypes.data == address
+
+
+def test_aligned_large_leaf_and_small_leaf_pass_through_uncopied():
+    aligned = seqify.tf_dataset._Aligned()
+    ready = aligned.empty((128, 1024), np.float32)
+    small = np.zeros((4, 4), np.float32)
+    assert aligned.leaf(ready) is ready and aligned.leaf(small) is small
+    copied = aligned.leaf(_misaligned((128, 1024), 3.0))
+    assert copied.ctypes.data % seqify.tf_dataset.TF_ALIGN == 0 and np.all(copied == 3.0)
