@@ -101,8 +101,9 @@ class _Aligned:
     def stack(self, column):
         """`np.stack(column)`, into an aligned buffer when the result is large."""
         first = column[0]
-        if first.nbytes * len(column) < ALIGN_BYTES or first.dtype.hasobject:
-            return np.stack(column)
+        if (first.nbytes * len(column) < ALIGN_BYTES or first.dtype.hasobject
+                or any(leaf.dtype != first.dtype for leaf in column)):
+            return np.stack(column)  # mixed dtypes: numpy's promotion, as before
         return np.stack(column, out=self.empty((len(column),) + first.shape, first.dtype))
 
 
@@ -253,7 +254,7 @@ class _Chunker:
         if self.keep is not None:
             sent[:] = group
         if len(group) == 1:
-            leaves = [aligned.leaf(leaf)[None] for leaf in group[0][1]]  # a view: no copy
+            leaves = [aligned.leaf(leaf)[None] for leaf in group[0][1]]  # a view: no stacking copy
         else:
             leaves = [aligned.stack(column) for column in zip(*(leaves for _, leaves in group))]
         return pack(signature, leaves)
