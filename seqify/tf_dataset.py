@@ -317,9 +317,8 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    if per_batch or not chunkable(signature):
-        dense = chunkable(signature)
-
+    dense = chunkable(signature)
+    if per_batch or not dense:
         def plain():
             batches = open_batches(0)
             aligned = _Aligned()
