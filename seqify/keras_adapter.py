@@ -82,8 +82,12 @@ class SequenceAdapter(ki.DataAdapter):
         if feed.exhausted:
             self._retire(feed)
 
-    def _batches(self, feed=None, numpy=False):
-        """One pass of the engine, weighted (and as numpy if `numpy`); a generator started lazily."""
+    def _batches(self, feed=None, numpy=False, prepare=None):
+        """One pass of the engine, weighted (and as numpy if `numpy`); a generator started lazily.
+
+        `prepare` is handed to the runner (thread workers run it, see
+        `Runner.iter_epoch`).
+        """
         if ki.building_model(_OWN_CODES):
             # Keras pulls one batch only to build the model's shapes, then
             # drops the iterator: give it a sample so no stream batch is
@@ -107,9 +111,9 @@ class SequenceAdapter(ki.DataAdapter):
                 self._feeds.append(feed)
             self._retire_stale(runner, feed)
         if self.natural:
-            batches = runner.iter_epoch(False, force=True, delivered=delivered)
+            batches = runner.iter_epoch(False, force=True, delivered=delivered, prepare=prepare)
         else:
-            batches = runner.iter_epoch(self.shuffle, delivered=delivered)
+            batches = runner.iter_epoch(self.shuffle, delivered=delivered, prepare=prepare)
         weigh = self._weigh if self.class_weight is not None else None
         try:
             for batch in batches:
@@ -211,10 +215,10 @@ class SequenceAdapter(ki.DataAdapter):
     def get_torch_dataloader(self):
         return ki.get_torch_dataloader(self._feed(self._batches))
 
-    def _tf_batches(self, carried=0, feed=None):
+    def _tf_batches(self, carried=0, feed=None, prepare=None):
         # One pass for the tf.data path; `carried` batches a dropped
         # iteration handed back are served first, so take fewer.
-        batches = self._batches(feed)
+        batches = self._batches(feed, prepare=prepare)
         if not carried:
             return batches
         return _first(batches, max(0, (self.num_batches or 0) - carried))
@@ -253,12 +257,12 @@ class SequenceAdapter(ki.DataAdapter):
         if per_batch is None:  # measured once per object, like the signature
             per_batch = runner.signatures["large"] = tf_dataset.is_large(runner.sample_batches(1))
 
-        def open_batches(carried):
+        def open_batches(carried, prepare=None):
             def make(feed):
                 if feed is not None and delivered is not None:
                     start = int(delivered.numpy())
                     feed.taken = lambda: int(delivered.numpy()) - start
-                return self._tf_batches(carried, feed)
+                return self._tf_batches(carried, feed, prepare)
 
             return self._feed(make)
 

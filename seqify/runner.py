@@ -265,7 +265,8 @@ class EpochRunner:
                 # Nothing was delivered: the epoch was not used.
                 self.cursor = Cursor(plan.epoch, plan.start)
 
-    def iter_epoch(self, shuffle: Optional[bool] = None, *, force: bool = False, delivered: Optional[Delivered] = None) -> Iterator:
+    def iter_epoch(self, shuffle: Optional[bool] = None, *, force: bool = False, delivered: Optional[Delivered] = None,
+                   prepare: Optional[Callable] = None) -> Iterator:
         """One pass: the source's batches, in order, built by the workers.
 
         Args:
@@ -273,6 +274,10 @@ class EpochRunner:
                 `shuffle` wins when set, unless `force`.
             force: the caller's `shuffle` wins over the object's.
             delivered: records what the pass delivered, for `give_back`.
+            prepare: the consumer's per-batch finishing step, for thread
+                workers to run in parallel (`engine.window.ordered`); the
+                consumer still applies its own to every batch, so it must
+                pass a prepared batch through.
         """
         plan = self._claim_pass(self.effective_shuffle(shuffle, force))
         input_wait.note_runner(self)
@@ -291,7 +296,7 @@ class EpochRunner:
             if not self.source.parallel:
                 batches = self._inline(plan, submitted)
             else:
-                batches = self._parallel(plan, submitted)
+                batches = self._parallel(plan, submitted, prepare)
             for batch in batches:
                 served += 1
                 task = submitted.popleft()
@@ -361,7 +366,7 @@ class EpochRunner:
             append(item if type(item) is Task else item.task)
             yield item
 
-    def _parallel(self, plan: Pass, submitted):
+    def _parallel(self, plan: Pass, submitted, prepare=None):
         pool = self.pool()
         if getattr(pool, "use_multiprocessing", False) and self.source.reship():
             # Epoch hooks may have changed state that process workers hold
@@ -379,7 +384,7 @@ class EpochRunner:
             # Read-ahead of random-access sources costs only memory: their
             # window may grow for tiny, cheap batches (see engine/window.py).
             elastic = ELASTIC_WINDOW if self.source.reorders else None
-            yield from ordered(pool, items, self.window(), self._abandon, elastic)
+            yield from ordered(pool, items, self.window(), self._abandon, elastic, prepare)
         except errors.WorkerDiedError:
             with self.lock:
                 if self._pool is pool:

@@ -40,11 +40,14 @@ steps per epoch), so at an epoch boundary nothing is pulled ahead at all.
 
 import collections
 import sys
+import threading
 import time
 import weakref
 from typing import Callable, Iterator, Optional
 
 import numpy as np
+
+from seqify.engine import tree
 
 #: Batches at least this large (all arrays together) cross one at a time.
 STACK_BYTES = 256 * 1024
@@ -57,7 +60,9 @@ TF_ALIGN = 64
 #: Leaves at least this large are handed to tf.data aligned (below it TF's copy is cheap).
 ALIGN_BYTES = 64 * 1024
 #: Recycled aligned buffers kept per pass and size; beyond it, fresh ones.
-MAX_BUFFERS = 4
+#: (Only buffers that were all in use at once are kept: this caps what a
+#: pass retains after its peak, not the peak.)
+MAX_BUFFERS = 16
 
 
 class _Aligned:
@@ -66,28 +71,34 @@ class _Aligned:
     A buffer is free again once no array (a tensor wrapping it holds one)
     views it: its reference count says so. Recycled pages are already
     faulted in, which is most of what a fresh 19 MB allocation costs.
+
+    Thread workers call `prepare` concurrently with the consumer, so a
+    buffer is claimed (viewed) under a lock.
     """
 
     def __init__(self):
         self.free = {}  # nbytes -> [raw uint8 buffers]
+        self.lock = threading.Lock()
 
     def empty(self, shape, dtype):
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        buffers = self.free.setdefault(nbytes, [])
-        raw = None
-        for candidate in buffers:
-            # The list's, `candidate`'s and getrefcount's argument's
-            # references only: nothing views it.
-            if sys.getrefcount(candidate) <= 3:
-                raw = candidate
-                break
-        if raw is None:
-            raw = np.empty(nbytes + TF_ALIGN, np.uint8)
-            if len(buffers) < MAX_BUFFERS:
-                buffers.append(raw)
-        offset = (-raw.ctypes.data) % TF_ALIGN
-        return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+        with self.lock:
+            buffers = self.free.setdefault(nbytes, [])
+            raw = None
+            for candidate in buffers:
+                # The list's, `candidate`'s and getrefcount's argument's
+                # references only: nothing views it.
+                if sys.getrefcount(candidate) <= 3:
+                    raw = candidate
+                    break
+            if raw is None:
+                raw = np.empty(nbytes + TF_ALIGN, np.uint8)
+                if len(buffers) < MAX_BUFFERS:
+                    buffers.append(raw)
+            offset = (-raw.ctypes.data) % TF_ALIGN
+            # Viewed before the lock is released: claimed.
+            return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
     def leaf(self, leaf):
         """`leaf` itself when TensorFlow can wrap it as it is, else an aligned copy."""
@@ -97,6 +108,10 @@ class _Aligned:
         out = self.empty(leaf.shape, leaf.dtype)
         np.copyto(out, leaf)
         return out
+
+    def prepare(self, batch):
+        """`batch` with its large leaves aligned (for thread workers: the copy runs there, in parallel)."""
+        return tree.map_structure(self.leaf, batch)
 
     def stack(self, column):
         """`np.stack(column)`, into an aligned buffer when the result is large."""
@@ -184,7 +199,7 @@ class _Chunker:
         carried = list(keep.batches) if keep is not None else []
         if keep is not None:
             keep.batches.clear()
-        batches = self.open_batches(len(carried))
+        batches = self.open_batches(len(carried), None)  # chunks are stacked here anyway
         source = _chain(carried, batches)
         try:
             while True:
@@ -287,10 +302,13 @@ def make_dataset(
     """A dataset of the batches `open_batches` yields, chunked across the Python boundary.
 
     Args:
-        open_batches: `open_batches(carried) -> iterator` of batches for one
-            pass (called once per dataset iteration); `carried` batches
-            from `keep` are served first, so it should yield that many
-            fewer. Closed when the iteration ends or is dropped.
+        open_batches: `open_batches(carried, prepare) -> iterator` of batches
+            for one pass (called once per dataset iteration); `carried`
+            batches from `keep` are served first, so it should yield that
+            many fewer. `prepare(batch) -> batch` (or None) is work the
+            producer may run on each batch where it is built (aligning
+            large leaves; optional: the dataset does it otherwise). Closed
+            when the iteration ends or is dropped.
         signature: the element signature (nested `tf.TensorSpec`s, leading
             dimension the batch).
         check: called with every batch before it is stacked (the
@@ -312,7 +330,7 @@ def make_dataset(
     Example:
 
     ```python
-    ds = make_dataset(lambda carried: iter(batches), signature)
+    ds = make_dataset(lambda carried, prepare: iter(batches), signature)
     ```
     """
     import tensorflow as tf
@@ -320,8 +338,10 @@ def make_dataset(
     dense = chunkable(signature)
     if per_batch or not dense:
         def plain():
-            batches = open_batches(0)
             aligned = _Aligned()
+            # Thread workers copy unaligned leaves themselves, in parallel;
+            # `leaf` below then passes them through.
+            batches = open_batches(0, aligned.prepare if dense else None)
             pack = tf.nest.pack_sequence_as
             try:
                 for batch in batches:

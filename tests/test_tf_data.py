@@ -1,5 +1,7 @@
 """`Sequence.to_tf_dataset()`: signature, ordering, parallel workers, composition."""
 
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -201,6 +203,28 @@ def test_large_batches_from_thread_workers_arrive_whole_and_in_order():
     with seqify.from_batch_fn(_large_batch, 10, workers=2) as ds:
         values = [(int(x.numpy()[0, 0]), float(x.numpy().sum())) for x, _ in ds.to_tf_dataset()]
     assert values == [(i, float(i * 64 * 1024)) for i in range(10)]
+
+
+def test_thread_workers_align_large_leaves_themselves_and_no_buffer_is_recycled_early(monkeypatch):
+    # The copy into an aligned buffer runs on the worker threads (in
+    # parallel), not on tf.data's thread; every tensor is kept to the end.
+    copied_on = []
+
+    class Recording(seqify.tf_dataset._Aligned):
+        def leaf(self, leaf):
+            out = super().leaf(leaf)
+            if out is not leaf:
+                copied_on.append(threading.current_thread().name)
+            return out
+
+    monkeypatch.setattr(seqify.tf_dataset, "_Aligned", Recording)
+    with seqify.from_batch_fn(_large_batch, 24, workers=2) as ds:
+        elements = list(ds.to_tf_dataset())
+        worker_prefix = type(ds).__name__ + "_"  # the pool's thread names
+    assert [int(y.numpy()[0, 0]) for _, y in elements] == list(range(24))
+    for i, (x, _) in enumerate(elements):
+        assert np.all(x.numpy() == i)
+    assert len(copied_on) == 24 and all(name.startswith(worker_prefix) for name in copied_on)
 
 
 def test_aligned_buffer_is_reused_only_once_nothing_views_it():

@@ -48,11 +48,12 @@ class PoolClosedError(RuntimeError):
 class _Slot:
     """One submitted task and, once built, its batch (or error)."""
 
-    __slots__ = ("task", "state", "value", "error", "waiter", "lane")
+    __slots__ = ("task", "state", "value", "error", "waiter", "lane", "prepare")
 
-    def __init__(self, task, lane):
+    def __init__(self, task, lane, prepare=None):
         self.task = task
         self.lane = lane
+        self.prepare = prepare
         self.state = _PENDING
         self.value = None
         self.error = None
@@ -166,7 +167,10 @@ class _Lane:
                     return
                 started = clock()
                 try:
-                    slot.value = pool.job.run(slot.task, worker_id, pool.num_workers, False)
+                    value = pool.job.run(slot.task, worker_id, pool.num_workers, False)
+                    if slot.prepare is not None:
+                        value = slot.prepare(value)
+                    slot.value = value
                 except BaseException as exc:  # delivered to the consumer
                     slot.error = exc
                 cost = clock() - started
@@ -214,6 +218,8 @@ class ThreadPool:
     """
 
     use_multiprocessing = False
+    #: `submit` takes `prepare`, run on the worker thread after the task.
+    prepares = True
 
     def __init__(self, job, num_workers: int, name: str = "seqify"):
         self.job = job
@@ -223,19 +229,23 @@ class ThreadPool:
         self._pinned = {}
         self._lock = threading.Lock()
 
-    def submit(self, task) -> _Slot:
-        """Runs one task; `task.worker` pins it to one worker (tasks then run in order)."""
+    def submit(self, task, prepare=None) -> _Slot:
+        """Runs one task; `task.worker` pins it to one worker (tasks then run in order).
+
+        `prepare(batch) -> batch`, if given, runs on the worker thread right
+        after the task (the consumer's finishing work, done in parallel).
+        """
         lane = self._lane if task.worker is None else self._pinned.get(task.worker)
         if lane is None:
             lane = self._start_lane(task.worker)
-        slot = _Slot(task, lane)
+        slot = _Slot(task, lane, prepare)
         lane.submit(slot)
         return slot
 
-    def submit_many(self, tasks) -> list:
+    def submit_many(self, tasks, prepare=None) -> list:
         """Submits unpinned `tasks` at once (one wake-up); their handles, in order."""
         lane = self._lane or self._start_lane(None)
-        slots = [_Slot(task, lane) for task in tasks]
+        slots = [_Slot(task, lane, prepare) for task in tasks]
         lane.extend(slots)
         return slots
 

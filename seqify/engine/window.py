@@ -28,6 +28,7 @@ message per batch or two; a grown one sends chunks (see docs/design.md,
 """
 
 import collections
+import functools
 
 from seqify import input_wait
 from seqify.engine import tree
@@ -64,7 +65,7 @@ def discard_all(pending) -> None:
         handle.discard()
 
 
-def ordered(pool, items, size, on_abandon=None, elastic=None):
+def ordered(pool, items, size, on_abandon=None, elastic=None, prepare=None):
     """Yields `pool` results for `items` (tasks or ready handles) in order.
 
     Args:
@@ -77,13 +78,17 @@ def ordered(pool, items, size, on_abandon=None, elastic=None):
         elastic: None, or the most tasks in flight while batches are tiny
             and cheap (see module docstring); needs a pool that measures
             `batch_cost`.
+        prepare: `prepare(batch) -> batch`, run by the workers of a pool
+            that can (`pool.prepares`: threads) right after each batch they
+            build; other pools ignore it (the consumer's own finishing
+            step must accept both).
     """
     if getattr(pool, "inline", False):
         return _inline(pool, items, on_abandon)  # one generator level less per batch
-    return _windowed(pool, items, size, on_abandon, elastic)
+    return _windowed(pool, items, size, on_abandon, elastic, prepare)
 
 
-def _windowed(pool, items, base, on_abandon, elastic=None):
+def _windowed(pool, items, base, on_abandon, elastic=None, prepare=None):
     pending = collections.deque()
     items = iter(items)
     costed = hasattr(pool, "batch_cost")
@@ -100,6 +105,9 @@ def _windowed(pool, items, base, on_abandon, elastic=None):
     add_wait = input_wait.add
     submit = pool.submit
     submit_many = getattr(pool, "submit_many", None)
+    if prepare is not None and getattr(pool, "prepares", False):
+        submit = functools.partial(submit, prepare=prepare)
+        submit_many = functools.partial(submit_many, prepare=prepare)
     try:
         while True:
             if not exhausted and len(pending) <= low:

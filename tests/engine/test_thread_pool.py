@@ -59,6 +59,33 @@ def test_pinned_tasks_run_one_at_a_time_on_one_thread_in_order(closing):
     assert len({int(row[1]) for row in rows}) == 1  # one thread
 
 
+def _tagged(batch):
+    return (batch, threading.current_thread().name)
+
+
+@pytest.mark.timeout(60)
+def test_prepare_runs_on_the_worker_thread_after_each_task(closing):
+    pool = closing(ThreadPool(Job(fetch=wf.index_batch), 2, name="seqify-tp-prepare"))
+    got = list(ordered(pool, _tasks(12), 4, prepare=_tagged))
+    assert [int(batch[0][0, 0]) for batch, _ in got] == list(range(12))
+    assert all(name.startswith("seqify-tp-prepare") for _, name in got)
+
+
+@pytest.mark.timeout(60)
+def test_an_exception_in_prepare_is_raised_by_result_in_its_place(closing):
+    def fails_at_3(batch):
+        if int(batch[0][0, 0]) == 3:
+            raise ValueError("prepare failed at 3")
+        return batch
+
+    pool = closing(ThreadPool(Job(fetch=wf.index_batch), 2))
+    handles = pool.submit_many(_tasks(5), prepare=fails_at_3)
+    assert int(handles[2].result()[0][0, 0]) == 2
+    with pytest.raises(ValueError, match="prepare failed at 3"):
+        handles[3].result()
+    assert int(handles[4].result()[0][0, 0]) == 4
+
+
 @pytest.mark.timeout(60)
 def test_update_swaps_the_job_for_later_tasks(closing):
     pool = closing(ThreadPool(Job(fetch=wf.index_batch), 2))

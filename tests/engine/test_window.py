@@ -109,6 +109,11 @@ def test_a_failing_batch_raises_in_its_place_and_abandons_the_rest():
     assert [task.index for task in tasks] == [3, 4, 5]
 
 
+def test_prepare_is_ignored_by_pools_whose_workers_cannot_run_it():
+    got = list(ordered(InlinePool(Job(fetch=wf.index_batch)), _tasks(4), 2, prepare=lambda batch: "prepared"))
+    assert [int(batch[0][0, 0]) for batch in got] == list(range(4))
+
+
 def test_ready_handles_are_passed_through_in_their_place():
     inline = InlinePool(Job(fetch=wf.index_batch))
 
