@@ -264,6 +264,14 @@ class Encoder:
         self.mapped = False
         if not AVAILABLE:
             return obj
+        if type(obj) is tuple:
+            # The common case, tiny batches: a tuple of small arrays goes as is.
+            inline_bytes = self.inline_bytes
+            for leaf in obj:
+                if type(leaf) is not np.ndarray or leaf.nbytes >= inline_bytes:
+                    break
+            else:
+                return obj
         return tree.map_structure(self._leaf, obj)
 
     def _leaf(self, obj):
