@@ -82,8 +82,8 @@ class SequenceAdapter(ki.DataAdapter):
         if feed.exhausted:
             self._retire(feed)
 
-    def _batches(self, feed=None, numpy=False, prepare=None):
-        """One pass of the engine, weighted (and as numpy if `numpy`); a generator started lazily.
+    def _batches(self, feed=None, convert=None, prepare=None):
+        """One pass of the engine, weighted (and `convert`ed per batch if given); a generator started lazily.
 
         `prepare` is handed to the runner (thread workers run it, see
         `Runner.iter_epoch`).
@@ -94,7 +94,7 @@ class SequenceAdapter(ki.DataAdapter):
             # lost and no epoch (or epoch hook) is spent on it.
             self._building = True
             batch = self._weigh(self.sequence._runner.sample_batches(1)[0])
-            yield _as_numpy(batch) if numpy else batch
+            yield convert(batch) if convert is not None else batch
             return
         self._deliver_epoch_begin()
         self._passes_started += 1
@@ -121,7 +121,7 @@ class SequenceAdapter(ki.DataAdapter):
                     self._deliver_epoch_begin()
                 if weigh is not None:
                     batch = weigh(batch)
-                yield _as_numpy(batch) if numpy else batch
+                yield convert(batch) if convert is not None else batch
             if feed is not None:
                 feed.exhausted = True  # retires when Keras drops it
         finally:
@@ -204,13 +204,18 @@ class SequenceAdapter(ki.DataAdapter):
     def _numpy_batches(self, feed=None):
         # Not Keras's get_numpy_iterator: its per-batch tree map costs more
         # than the rest of seqify's path; batches are almost always numpy.
-        return self._batches(feed, numpy=True)
+        return self._batches(feed, convert=_as_numpy)
+
+    def _jax_batches(self, feed=None):
+        # Keras's get_jax_iterator maps its conversion over every batch; for
+        # a tuple of ndarrays (almost every batch) that map is the identity.
+        return self._batches(feed, convert=_as_jax)
 
     def get_numpy_iterator(self):
         return self._feed(self._numpy_batches)
 
     def get_jax_iterator(self):
-        return ki.get_jax_iterator(self._feed(self._batches))
+        return self._feed(self._jax_batches)
 
     def get_torch_dataloader(self):
         return ki.get_torch_dataloader(self._feed(self._batches))
@@ -372,6 +377,7 @@ def _first(batches, count):
 _OWN_CODES = (
     SequenceAdapter._batches.__code__,
     SequenceAdapter._numpy_batches.__code__,
+    SequenceAdapter._jax_batches.__code__,
     _first.__code__,
     tf_dataset._Chunker.__call__.__code__,
     tf_dataset._chain.__code__,
@@ -390,6 +396,17 @@ def _as_numpy(batch):
         else:
             return batch  # the common case: already numpy, nothing to rebuild
     return tree.map_structure(_leaf_as_numpy, batch)
+
+
+def _as_jax(batch):
+    """`batch` as Keras's `get_jax_iterator` would yield it; tuples of ndarrays pass as is."""
+    if type(batch) is tuple:
+        for leaf in batch:
+            if type(leaf) is not np.ndarray:
+                break
+        else:
+            return batch  # what Keras's conversion returns for these, without its tree map
+    return next(ki.get_jax_iterator((batch,)))
 
 
 def _leaf_as_numpy(leaf):

@@ -8,6 +8,7 @@ import threading
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
@@ -97,6 +98,27 @@ def test_adapter_protocol_reads_a_stream_in_consecutive_windows_in_either_call_o
     with seqify.from_generator(stream, steps_per_epoch=3, workers=2) as ds:
         adapter = data_adapters.get_data_adapter(ds, shuffle=True)
         assert [_epoch(adapter, order) for _ in range(2)] == [[0, 1, 2], [3, 4, 5]]
+
+
+def _tensor_batch(i):
+    return tf.constant(np.full((2, 3), i, np.float32)), np.full((2, 1), i, np.float32)
+
+
+@pytest.mark.parametrize("batch_fn", [make_batch, _tensor_batch], ids=["ndarrays", "a_tensor_leaf"])
+def test_adapter_jax_iterator_yields_what_keras_jax_conversion_yields_in_order(batch_fn):
+    from keras.src.trainers.data_adapters import data_adapter_utils
+
+    with seqify.from_batch_fn(batch_fn, 4) as ds:
+        adapter = data_adapters.get_data_adapter(ds, shuffle=False)
+        adapter.on_epoch_begin()
+        got = list(adapter.get_jax_iterator())
+        adapter.on_epoch_end()
+    expected = list(data_adapter_utils.get_jax_iterator(batch_fn(i) for i in range(4)))
+    assert len(got) == len(expected) == 4
+    for mine, keras_own in zip(got, expected):
+        assert type(mine) is type(keras_own) and len(mine) == len(keras_own)
+        for a, b in zip(mine, keras_own):
+            assert type(a) is type(b) and np.array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("order", ["iterator-first", "epoch-begin-first"])
