@@ -9,7 +9,7 @@ tables, targets, PNG chart). This module starts one `measure` process per
 backend (KERAS_BACKEND is fixed at import), streams their progress, then
 writes `RESULTS.md` and `results.png` next to it.
 The older suite's extra sections (memory, epoch start with big state,
-transport, end-to-end fit) remain in `benchmarks/extras.py`.
+transport, end-to-end fit) remain in `benchmarks/extras/`.
 """
 
 import argparse

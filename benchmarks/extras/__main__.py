@@ -1,0 +1,3 @@
+from benchmarks.extras.cli import main
+
+main()
