@@ -3,7 +3,8 @@
 A `Config` builds one dataset object for a workload's batch function and
 `n` batches per epoch; `benchmarks.measure` iterates it the way `fit`
 does on each backend's path. Peers (torch `DataLoader`, Grain) are iterated
-as their own users would (a plain `for` loop), next to the numpy path.
+as their own users would (a plain `for` loop), next to the numpy path, and
+fed to a real `model.fit` on the `*-fit` paths, like everyone else there.
 """
 
 import dataclasses
@@ -15,7 +16,9 @@ from benchmarks import workloads
 #: Backend -> the paths `fit` takes there (`numpy`: Keras's generic
 #: EpochIterator over `get_numpy_iterator`, which the TF backend also uses
 #: for evaluate/predict on numpy-friendly adapters; `tf`: `get_tf_dataset`).
-PATHS = {"tensorflow": ("numpy", "tf", "tf32"), "jax": ("jax",), "torch": ("torch",)}
+#: `<backend>-fit`: a real `model.fit` (one epoch per call) on that backend.
+PATHS = {"tensorflow": ("numpy", "tf", "tf32", "tf-fit"), "jax": ("jax", "jax-fit"), "torch": ("torch", "torch-fit")}
+FIT_PATHS = ("tf-fit", "jax-fit", "torch-fit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +155,8 @@ class GraphOnly:
         return iter(self.dataset)
 
 
-ALL_PATHS = ("numpy", "tf", "tf32", "jax", "torch")
+ALL_PATHS = ("numpy", "tf", "tf32", "jax", "torch") + FIT_PATHS
+PEER_PATHS = ("numpy",) + FIT_PATHS  # iterated directly, and fed to model.fit as their users would
 CONFIGS = [
     Config("plain loop", "plain", PlainLoop, ("numpy",)),
     Config("Keras's EpochIterator alone, bare adapter (floor)", "floor", _prebuilt, ("numpy",)),
@@ -162,8 +166,8 @@ CONFIGS = [
     Config("seqify, workers=0", "seqify", _seqify(0, False), ALL_PATHS, 0),
     Config("seqify, 2 threads", "seqify", _seqify(2, False), ALL_PATHS, 2),
     Config("seqify, 2 processes", "seqify", _seqify(2, True), ALL_PATHS, 2, True),
-    Config("torch DataLoader, 2 processes", "torch", _peer(TorchLoader, 2), ("numpy",), 2, True),
-    Config("Grain DataLoader, 2 processes", "grain", _peer(GrainLoader, 2), ("numpy",), 2, True),
+    Config("torch DataLoader, 2 processes", "torch", _peer(TorchLoader, 2), PEER_PATHS, 2, True),
+    Config("Grain DataLoader, 2 processes", "grain", _peer(GrainLoader, 2), PEER_PATHS, 2, True),
     Config("tf.data in-graph dataset (ceiling)", "ceiling", GraphOnly, ("tf", "tf32")),
 ]
 QUICK_SKIP = {(path, "Keras PyDataset, 2 processes") for path in ("jax", "torch", "tf32")} | {("tf32", "seqify, 2 processes")}

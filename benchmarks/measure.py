@@ -43,9 +43,41 @@ def quiet_keras_import():
         os.close(devnull)
 
 
-def epoch_runner(obj, family, path):
+def fit_runner(obj, fn):
+    """One real `model.fit(epochs=1)` per call on the current backend; returns the steps it trained.
+
+    The model is one Dense layer on the flattened input (input-bound by
+    design): the rows compare what feeding `fit` costs, not the model.
+    """
+    import keras
+
+    x, y = fn(0)[:2]
+    inputs = keras.Input(x.shape[1:])
+    hidden = keras.layers.Flatten()(inputs) if x.ndim > 2 else inputs
+    model = keras.Model(inputs, keras.layers.Dense(y.shape[-1])(hidden))
+    model.compile(optimizer="sgd", loss="mse")
+    data = getattr(obj, "loader", obj)  # a peer: its own DataLoader, as its users pass it
+
+    class Steps(keras.callbacks.Callback):
+        count = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.count += 1
+
+    def fit_epoch():
+        steps = Steps()
+        model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=[steps])
+        return steps.count
+
+    return fit_epoch
+
+
+def epoch_runner(obj, family, path, fn=None):
     """A function running one epoch of `obj` as `fit` iterates it on `path`; returns batches seen."""
     from benchmarks.workloads import consume
+
+    if path.endswith("-fit"):
+        return fit_runner(obj, fn)
 
     if family == "ceiling":
         import tensorflow as tf
@@ -160,7 +192,7 @@ def timed_epochs(cfg, fn, n, path, epochs):
         n = -(-n // SPE) * SPE
     obj = cfg.make(fn, n)
     try:
-        run = epoch_runner(obj, cfg.family, path)
+        run = epoch_runner(obj, cfg.family, path, fn)
         started = time.perf_counter()
         seen = run()
         first = time.perf_counter() - started

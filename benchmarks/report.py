@@ -14,7 +14,11 @@ PATH_TITLES = {
     "tf32": "TensorFlow fit path with `steps_per_execution=32` (32 `next()` per `tf.function` call, as `compile(steps_per_execution=32)`)",
     "jax": "JAX fit path (`get_jax_iterator()` through `JAXEpochIterator`)",
     "torch": "torch fit path (`get_torch_dataloader()` through `TorchEpochIterator`)",
+    "tf-fit": "End-to-end `model.fit`, TensorFlow backend (a one-layer model, input-bound; one `fit(epochs=1)` per timed epoch; peers passed to `fit` as they are)",
+    "jax-fit": "End-to-end `model.fit`, JAX backend (same model and rules)",
+    "torch-fit": "End-to-end `model.fit`, torch backend (same model and rules)",
 }
+PATH_ORDER = tuple(PATH_TITLES)
 
 
 def median(record):
@@ -39,7 +43,7 @@ def _ratio(a, b):
 
 def tables(records):
     out = []
-    paths = [p for p in ("numpy", "tf", "tf32", "jax", "torch") if any(r["path"] == p for r in records)]
+    paths = [p for p in PATH_ORDER if any(r["path"] == p for r in records)]
     for path in paths:
         rows = [r for r in records if r["path"] == path]
         out.append(f"### {PATH_TITLES[path]}\n")
@@ -105,6 +109,17 @@ def targets(records):
         if ceiling and best:
             lines.append(f"- (context) tiny, {path} path: a dataset built in the graph (no Python at all) steps at {ceiling:,.0f}/s "
                          f"here; seqify's best reaches {median(best) / ceiling:.2f}× of that ceiling")
+    for path in ("tf-fit", "jax-fit", "torch-fit"):
+        for workload in dict.fromkeys(r["workload"] for r in records if r["path"] == path):
+            seq = _best(records, path, workload, "seqify")
+            keras_best = _best(records, path, workload, "keras")
+            if not (seq and keras_best):
+                continue
+            peers = "; ".join(f"{r['config']} {median(r):,.0f}/s" for r in records
+                              if r["path"] == path and r["workload"] == workload and r["family"] in ("torch", "grain") and "rates" in r)
+            lines.append(f"- (measured) {workload}, {path}: seqify's best ({seq['config']}) {median(seq):,.0f} steps/s, "
+                         f"Keras's best ({keras_best['config']}) {median(keras_best):,.0f}: {median(seq) / median(keras_best):.2f}×"
+                         + (f"; {peers}" if peers else ""))
     return "\n".join(lines)
 
 
@@ -115,7 +130,7 @@ def chart(records, path_png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [p for p in ("numpy", "tf", "tf32", "jax", "torch") if any(r["path"] == p and "rates" in r for r in records)]
+    paths = [p for p in PATH_ORDER if any(r["path"] == p and "rates" in r for r in records)]
     fig, axes = plt.subplots(len(paths), 1, figsize=(12, 3.6 * len(paths)), squeeze=False)
     for ax, path in zip(axes[:, 0], paths):
         rows = [r for r in records if r["path"] == path and "rates" in r]
