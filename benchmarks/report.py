@@ -192,7 +192,7 @@ Each row: a fresh object, one warm-up epoch (pool start-up, "first epoch"), then
 the length shown (calibrated to last ≥ {target:g} s; the epoch column gives each row's batches and the
 min–max seconds); batches/s is the median, the spread is the min–max of the 3. "× plain loop"
 divides by the plain loop `fn(i)` on the same workload; "× Keras's best" by the fastest Keras
-PyDataset setting on the same path. Peers (torch DataLoader, Grain) are iterated directly.
+PyDataset setting on the same path. Peers (torch DataLoader, Grain) are iterated directly on the numpy path and passed to `fit` as they are on the `*-fit` paths.
 
 ![batches/s per workload and configuration](results.png)
 
