@@ -83,9 +83,11 @@ def through_tf(generator, signature):
 
 
 def built_on_tf_thread(n):
+    held = None
     for i in range(n):
-        x = fresh(i)  # noqa: F841  (built and dropped where tf.data calls the generator)
+        held = fresh(i)  # built where tf.data calls the generator; freed once the next exists
         yield label(i)
+    del held
 
 
 _RECYCLED = _Aligned()
