@@ -53,7 +53,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import keras
-    import numpy as np
 
     import seqify
 

@@ -39,14 +39,13 @@ steps per epoch), so at an epoch boundary nothing is pulled ahead at all.
 """
 
 import collections
-import sys
-import threading
 import time
 import weakref
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from seqify import buffers
 from seqify.engine import tree
 
 #: Batches at least this large (all arrays together) cross one at a time.
@@ -56,7 +55,7 @@ CHUNK_SECONDS = 2e-3
 #: At most this many batches per chunk.
 MAX_CHUNK = 64
 #: TensorFlow wraps numpy data this aligned without copying it (Eigen's alignment).
-TF_ALIGN = 64
+TF_ALIGN = buffers.ALIGN
 #: Leaves at least this large are handed to tf.data aligned (below it TF's copy is cheap).
 ALIGN_BYTES = 64 * 1024
 #: Recycled aligned buffers kept per pass and size; beyond it, fresh ones.
@@ -68,37 +67,18 @@ MAX_BUFFERS = 16
 class _Aligned:
     """`TF_ALIGN`-aligned arrays for large leaves, from buffers recycled in one pass.
 
-    A buffer is free again once no array (a tensor wrapping it holds one)
-    views it: its reference count says so. Recycled pages are already
-    faulted in, which is most of what a fresh 19 MB allocation costs.
-
-    Thread workers call `prepare` concurrently with the consumer, so a
-    buffer is claimed (viewed) under a lock.
+    A `seqify.buffers.BufferPool`: a buffer is free again once no array (a
+    tensor wrapping it holds one) views it. Recycled pages are already
+    faulted in, which is most of what a fresh 19 MB allocation costs. Thread
+    workers call `prepare` concurrently with the consumer; the pool claims
+    buffers under a lock.
     """
 
     def __init__(self):
-        self.free = {}  # nbytes -> [raw uint8 buffers]
-        self.lock = threading.Lock()
+        self.buffers = buffers.BufferPool(MAX_BUFFERS)
 
     def empty(self, shape, dtype):
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        with self.lock:
-            buffers = self.free.setdefault(nbytes, [])
-            raw = None
-            for candidate in buffers:
-                # The list's, `candidate`'s and getrefcount's argument's
-                # references only: nothing views it.
-                if sys.getrefcount(candidate) <= 3:
-                    raw = candidate
-                    break
-            if raw is None:
-                raw = np.empty(nbytes + TF_ALIGN, np.uint8)
-                if len(buffers) < MAX_BUFFERS:
-                    buffers.append(raw)
-            offset = (-raw.ctypes.data) % TF_ALIGN
-            # Viewed before the lock is released: claimed.
-            return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+        return self.buffers.empty(shape, dtype)
 
     def leaf(self, leaf):
         """`leaf` itself when TensorFlow can wrap it as it is, else an aligned copy."""

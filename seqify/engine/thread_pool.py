@@ -22,7 +22,6 @@ waits for it beyond that bound.
 """
 
 import collections
-import itertools
 import logging
 import threading
 import time
