@@ -177,8 +177,9 @@ WORKLOADS = {
     "numpy_gil_free": workloads.numpy_gil_free,
     "python_gil": workloads.python_gil,
     "large_payload": workloads.large_payload,
+    "large_recycled": workloads.large_recycled,
 }
-QUICK_WORKLOADS = ("tiny", "large_payload")
+QUICK_WORKLOADS = ("tiny", "large_payload", "large_recycled")
 
 
 def configs_for(path, quick=False):

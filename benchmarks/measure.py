@@ -212,7 +212,7 @@ def timed_epochs(cfg, fn, n, path, epochs):
 
 SPE = 32  # steps_per_execution of the "tf32" path
 
-PROBE = {"tiny": 400, "numpy_gil_free": 16, "python_gil": 16, "large_payload": 12}
+PROBE = {"tiny": 400, "numpy_gil_free": 16, "python_gil": 16, "large_payload": 12, "large_recycled": 12}
 
 
 def measure(cfg, workload, fn, path, target, reps):

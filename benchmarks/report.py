@@ -92,7 +92,7 @@ def targets(records):
         keras_tf = _best(records, path, "tiny", "keras")
         seq_tf = _best(records, path, "tiny", "seqify")
         check(f"tiny, {path} path: seqify's best vs Keras's best get_tf_dataset", div(seq_tf and median(seq_tf), keras_tf and median(keras_tf)), 5.0)
-    for workload in ("large_payload", "numpy_gil_free", "python_gil"):
+    for workload in ("large_payload", "large_recycled", "numpy_gil_free", "python_gil"):
         seq_tf = _best(records, "tf", workload, "seqify")
         seq_np = _best(records, "numpy", workload, "seqify")
         if seq_tf and seq_np:

@@ -25,7 +25,7 @@ from benchmarks import configurations, report
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="two workloads, fewer rows: a few minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="three workloads, fewer rows: about 25 min on 2 busy cores")
     parser.add_argument("--out", default="benchmarks/RESULTS.md")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--workloads", default=None)

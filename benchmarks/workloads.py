@@ -11,6 +11,8 @@ next to every workload.
 
 import numpy as np
 
+from seqify.buffers import empty
+
 # -- tiny: per-batch overhead ------------------------------------------------
 
 
@@ -62,11 +64,19 @@ def large_payload(i):
     return x, np.full((32, 1), i, np.float32)
 
 
+def large_recycled(i):
+    """`large_payload` built in `seqify.empty`: recycled, 64-byte-aligned memory."""
+    x = empty(LARGE_SHAPE, np.float32)
+    x.fill(i)
+    return x, np.full((32, 1), i, np.float32)
+
+
 BATCH_FNS = {
     "tiny": tiny,
     "numpy_gil_free": numpy_gil_free,
     "python_gil": python_gil,
     "large_payload": large_payload,
+    "large_recycled": large_recycled,
 }
 
 # -- legacy_generator: a `while True` fit_generator-style generator ------------
