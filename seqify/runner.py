@@ -379,12 +379,13 @@ class EpochRunner:
             if getattr(pool, "inline", False):
                 yield from self._inline_pool(pool, self.source.tasks(plan, self.state), submitted)
                 return
-            # Time spent getting the next task (a stream's next item) is input wait too.
-            items = self._tracked(self.source.tasks(plan, self.state), submitted)
             # Read-ahead of random-access sources costs only memory: their
             # window may grow for tiny, cheap batches (see engine/window.py).
             elastic = ELASTIC_WINDOW if self.source.reorders else None
-            yield from ordered(pool, items, self.window(), self._abandon, elastic, prepare)
+            # The window records each task it takes in `submitted` and times
+            # getting it (a stream's next item) as input wait.
+            yield from ordered(pool, self.source.tasks(plan, self.state), self.window(), self._abandon, elastic, prepare,
+                               track=submitted.append)
         except errors.WorkerDiedError:
             with self.lock:
                 if self._pool is pool:

@@ -30,7 +30,9 @@ class Settings:
 
     Attributes:
         workers: number of workers, 0 (build on the consuming thread) or
-            "auto" (measured at pool start, see `seqify.check`).
+            "auto" (measured at pool start, see `seqify.check`). Thread
+            workers leave random-access batches that take under ~20 µs to
+            the consuming thread (docs/design.md, record 29).
         use_multiprocessing: processes instead of threads.
         max_queue_size: batches in flight at most (tiny, cheap batches of
             a random-access source excepted: docs/design.md, record 23).

@@ -12,13 +12,14 @@ exception itself (see tests/adapters/test_batch_fn.py).
 """
 
 import os
+import threading
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import seqify
-from conftest import assert_no_warnings, make_batch, recording_model, split_epochs, Plain
+from conftest import assert_no_warnings, expected_epochs, make_batch, recording_model, split_epochs, Plain
 
 
 def load_sample_that_fails(i):
@@ -117,6 +118,23 @@ def test_validation_stream_reads_consecutive_windows_each_epoch(model):
     ) as val:
         model.fit(train, validation_data=val, epochs=3, verbose=0, shuffle=False)
     assert model.tested == list(range(100, 109))
+
+
+@pytest.mark.timeout(120)
+def test_fit_trains_each_cheap_batch_once_in_order_while_the_consumer_builds_them(model):
+    # Batches of a few µs are left to the consuming thread by the thread
+    # workers (docs/design.md, record 29): fit's order and counts must not notice.
+    built = []
+
+    def batch(i):
+        built.append(threading.current_thread().name)
+        return make_batch(i)
+
+    with seqify.from_batch_fn(batch, 300, workers=2, seed=7) as ds:
+        model.fit(ds, epochs=2, verbose=0)
+        worker_prefix = type(ds).__name__ + "_"  # the pool's thread names
+    assert model.trained == sum(expected_epochs(7, 300, 2, {}), [])
+    assert sum(not name.startswith(worker_prefix) for name in built) > 300
 
 
 @pytest.mark.timeout(60)

@@ -241,6 +241,14 @@ class ThreadPool:
         lane.submit(slot)
         return slot
 
+    def run_inline(self, task):
+        """Builds the batch of unpinned `task` on the calling thread, as `workers=0` would.
+
+        The window calls it for batches cheaper than a hand-off to a worker
+        (`seqify.engine.window.INLINE_BATCH_SECONDS`).
+        """
+        return self.job.run(task)
+
     def submit_many(self, tasks, prepare=None) -> list:
         """Submits unpinned `tasks` at once (one wake-up); their handles, in order."""
         lane = self._lane or self._start_lane(None)

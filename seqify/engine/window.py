@@ -25,10 +25,19 @@ each): to at most `elastic` batches, `ELASTIC_BYTES` of batches and
 over the workers wakes them every few batches and sends process workers a
 message per batch or two; a grown one sends chunks (see docs/design.md,
 "The elastic window"). Large or slow batches keep the window at `size`.
+
+Batches cheaper than a hand-off are built by the consumer. Handing a batch
+to a worker thread and back costs ~10 µs of the consumer's time; a batch
+measured to take less than `INLINE_BATCH_SECONDS` on the workers of a pool
+that allows it (`pool.run_inline`: threads) and of a random-access source is
+built on the consuming thread instead, as with `workers=0`, until such
+batches are measured to take `INLINE_LEAVE_SECONDS` or more there (record 29).
+Batches already in flight are delivered first, so the order never changes.
 """
 
 import collections
 import functools
+import itertools
 
 from seqify import input_wait
 from seqify.engine import tree
@@ -47,6 +56,13 @@ ELASTIC_BATCH_SECONDS = 100e-6
 ELASTIC_SECONDS = 0.02
 #: Batch sizes are sampled once every this many results.
 _SAMPLE_EVERY = 64
+#: Batches measured cheaper than this on worker threads are built by the
+#: consumer (random-access sources only; see module docstring)...
+INLINE_BATCH_SECONDS = 20e-6
+#: ... until they take this long on the consumer, when the workers take over
+#: again for at least `_INLINE_HOLD_OFF` batches (their cost is re-measured).
+INLINE_LEAVE_SECONDS = 2 * INLINE_BATCH_SECONDS
+_INLINE_HOLD_OFF = 256
 
 
 def _nbytes(batch) -> int:
@@ -65,7 +81,7 @@ def discard_all(pending) -> None:
         handle.discard()
 
 
-def ordered(pool, items, size, on_abandon=None, elastic=None, prepare=None):
+def ordered(pool, items, size, on_abandon=None, elastic=None, prepare=None, track=None):
     """Yields `pool` results for `items` (tasks or ready handles) in order.
 
     Args:
@@ -82,18 +98,26 @@ def ordered(pool, items, size, on_abandon=None, elastic=None, prepare=None):
             that can (`pool.prepares`: threads) right after each batch they
             build; other pools ignore it (the consumer's own finishing
             step must accept both).
+        track: None, or `track(task)` called with the task of each item as
+            it is taken from `items`, which is then timed as input wait
+            (saves the caller a generator level per batch).
     """
     if getattr(pool, "inline", False):
-        return _inline(pool, items, on_abandon)  # one generator level less per batch
-    return _windowed(pool, items, size, on_abandon, elastic, prepare)
+        return _inline(pool, items, on_abandon, track)  # one generator level less per batch
+    return _windowed(pool, items, size, on_abandon, elastic, prepare, track)
 
 
-def _windowed(pool, items, base, on_abandon, elastic=None, prepare=None):
+def _windowed(pool, items, base, on_abandon, elastic=None, prepare=None, track=None):
     pending = collections.deque()
     items = iter(items)
     costed = hasattr(pool, "batch_cost")
     if not costed:
         elastic = None
+    # Batches cheaper than a hand-off are built here: random-access sources
+    # (elastic) on pools that allow it (see module docstring).
+    run_inline = getattr(pool, "run_inline", None) if elastic is not None else None
+    inline = False
+    hold_off = 0  # results the workers deliver before the consumer may build again
     size = base
     nbytes = None  # sampled size of a batch (elastic windows only)
     delivered = 0
@@ -110,15 +134,58 @@ def _windowed(pool, items, base, on_abandon, elastic=None, prepare=None):
         submit_many = functools.partial(submit_many, prepare=prepare)
     try:
         while True:
+            if inline and not pending:
+                # What the workers had in flight is delivered: build here,
+                # one batch at a time, until batches stop being cheap.
+                cost = pool.batch_cost
+                while True:
+                    started = clock()
+                    try:
+                        item = next(items)
+                    except StopIteration:
+                        add_wait(clock() - started, 0)
+                        finished = True
+                        return
+                    if type(item) is not Task or item.worker is not None:
+                        items = itertools.chain((item,), items)  # not ours to build: to the workers
+                        inline = False
+                        hold_off = _INLINE_HOLD_OFF
+                        low = size - 1
+                        break
+                    if track is not None:
+                        track(item)
+                    try:
+                        result = run_inline(item)
+                    except BaseException:
+                        finished = True
+                        (on_abandon or discard_all)([(item, _RAN)])
+                        raise
+                    took = clock() - started
+                    add_wait(took)
+                    cost += 0.1 * (took - cost)
+                    if cost >= INLINE_LEAVE_SECONDS:
+                        inline = False
+                        hold_off = _INLINE_HOLD_OFF
+                        low = size - 1
+                        yield result
+                        break
+                    yield result
             if not exhausted and len(pending) <= low:
                 if costed:
                     cost = pool.batch_cost
-                    if elastic is not None:
-                        size = elastic_size(base, elastic, cost, nbytes)
-                    burst = size // 2 if cost <= 0.0 else int(BURST_SECONDS / cost)
-                    low = size - max(1, min(size // 2, burst))
+                    if run_inline is not None and hold_off <= 0 and 0.0 < cost < INLINE_BATCH_SECONDS:
+                        inline = True
+                        if not pending:
+                            continue
+                        low = -1  # no refills: deliver what is in flight first
+                    else:
+                        if elastic is not None:
+                            size = elastic_size(base, elastic, cost, nbytes)
+                        burst = size // 2 if cost <= 0.0 else int(BURST_SECONDS / cost)
+                        low = size - max(1, min(size // 2, burst))
                 burst = []  # unpinned tasks, submitted together (one wake-up)
-                while len(pending) + len(burst) < size:
+                while not inline and len(pending) + len(burst) < size:
+                    started = clock()
                     try:
                         item = next(items)
                     except StopIteration:
@@ -130,9 +197,17 @@ def _windowed(pool, items, base, on_abandon, elastic=None, prepare=None):
                         deferred = exc
                         exhausted = True
                         break
-                    if type(item) is Task and item.worker is None and submit_many is not None:
-                        burst.append(item)
-                        continue
+                    finally:
+                        if track is not None:
+                            add_wait(clock() - started, 0)
+                    if type(item) is Task:
+                        if track is not None:
+                            track(item)
+                        if item.worker is None and submit_many is not None:
+                            burst.append(item)
+                            continue
+                    elif track is not None:
+                        track(item.task)
                     if burst:
                         pending.extend(zip(burst, submit_many(burst)))
                         burst = []
@@ -157,13 +232,14 @@ def _windowed(pool, items, base, on_abandon, elastic=None, prepare=None):
                     if nbytes > ELASTIC_BATCH_BYTES:
                         size = base  # large batches: no more bursts beyond the queue size
                 delivered += 1
+                hold_off -= 1
             yield result
     finally:
         if not finished:
             (on_abandon or discard_all)(list(pending))
 
 
-def _inline(pool, items, on_abandon):
+def _inline(pool, items, on_abandon, track=None):
     # workers=0: nothing runs ahead, so there is no window to keep; a task
     # whose batch function raised is handed back like any undelivered one.
     run = pool.run
@@ -171,10 +247,12 @@ def _inline(pool, items, on_abandon):
     add_wait = input_wait.add
     for item in items:
         started = clock()
+        if track is not None:
+            track(item if type(item) is Task else item.task)
         try:
             result = run(item) if type(item) is Task else item.result()
         except BaseException:
-            (on_abandon or discard_all)([(item, _RAN) if type(item) is Task else (item.task, item)])
+            (on_abandon or discard_all)([(item, _RAN)] if type(item) is Task else [(item.task, item)])
             raise
         add_wait(clock() - started)
         yield result

@@ -32,7 +32,8 @@ class WorkerInfo:
 
     Attributes:
         worker_id: index of the worker in its pool, `0..num_workers-1`
-            (`-1` when the batch is built on the caller's thread).
+            (`-1` when the batch is built on the caller's thread: with
+            `workers=0`, or a batch cheaper than a hand-off to a thread).
         num_workers: number of workers in the pool (`0` when inline).
         epoch: pass number over the data, starting at 0.
         index: batch index (for streams: position in the stream).

@@ -241,3 +241,15 @@ def die_holding_pipe(pid_path, i):
         f.write(f"{child} {time.monotonic()}")  # CLOCK_MONOTONIC: system-wide
     os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(10)  # never reached
+
+
+def ident_batch(i):
+    """Batch `i` and the identity of the thread that built it (a few µs of work)."""
+    return np.full((2, 3), i, dtype="float32"), np.array([threading.get_ident()], dtype=np.uint64)
+
+
+def ident_batch_slow_from(start, i):
+    """`ident_batch`, but batches from `start` on take about a millisecond."""
+    if i >= start:
+        time.sleep(0.001)
+    return ident_batch(i)

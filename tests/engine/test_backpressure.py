@@ -100,6 +100,9 @@ def test_tiny_cheap_batches_of_a_random_access_source_run_ahead_beyond_the_queue
     # "Cheap" is a measured cost; a loaded machine must not make this test flaky.
     from seqify.engine import window
     monkeypatch.setattr(window, "ELASTIC_BATCH_SECONDS", 1.0)
+    # Thread workers hand batches cheaper than INLINE_BATCH_SECONDS to the
+    # consumer (built on demand, nothing ahead): this test is about the rest.
+    monkeypatch.setattr(window, "INLINE_BATCH_SECONDS", 0.0)
     ds = closing(seqify.from_batch_fn(_tiny_started, 300, max_queue_size=2, **dict(KINDS[kind], workers=2)))
     peak = _max_in_flight(ds, consume_seconds=0.001)
     assert 2 < peak <= 256

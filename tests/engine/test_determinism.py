@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import seqify
+from seqify.engine import window
 from . import _workfns as wf
 from ._support import epoch, ids
 
@@ -112,8 +113,10 @@ def test_worker_info_is_none_outside_a_batch_function(closing):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("config", ["0-threads", "2-threads", "2-processes", "spawn"])
-def test_worker_info_describes_the_batch_and_the_worker(config, closing):
+def test_worker_info_describes_the_batch_and_the_worker(config, closing, monkeypatch):
     settings = CONFIGS.get(config) or dict(workers=2, use_multiprocessing=True, start_method="spawn")
+    # Keep these cheap batches on the thread workers (see the next test).
+    monkeypatch.setattr(window, "INLINE_BATCH_SECONDS", 0.0)
     ds = closing(seqify.from_batch_fn(wf.info_batch, 6, seed=SEED, **settings))
     for epoch_number in range(2):
         for i, (row,) in enumerate(epoch(ds)):
@@ -124,3 +127,15 @@ def test_worker_info_describes_the_batch_and_the_worker(config, closing):
             else:
                 assert num_workers == 2 and worker_id in range(num_workers)
                 assert use_mp == int(settings["use_multiprocessing"])
+
+
+@pytest.mark.timeout(60)
+def test_worker_info_of_a_cheap_batch_built_by_the_consumer_names_the_calling_thread(closing, monkeypatch):
+    # Thread workers leave batches cheaper than a hand-off to the consumer,
+    # which builds them as workers=0 would (docs/design.md, record 29).
+    monkeypatch.setattr(window, "INLINE_BATCH_SECONDS", 1.0)
+    ds = closing(seqify.from_batch_fn(wf.info_batch, 6, seed=SEED, workers=2))
+    epoch(ds)  # measured on the workers
+    rows = [row.tolist() for (row,) in epoch(ds)]
+    assert [(epoch_seen, index, built) for _, _, epoch_seen, index, _, _, built in rows] == [(1, i, i) for i in range(6)]
+    assert {(worker_id, num_workers, use_mp) for worker_id, num_workers, _, _, _, use_mp, _ in rows} == {(-1, 0, 0)}

@@ -156,3 +156,97 @@ def test_elastic_size_grows_only_for_tiny_cheap_batches_within_its_bounds(cost, 
 
 def test_elastic_size_never_shrinks_below_the_queue_size():
     assert window_module.elastic_size(300, 256, 10e-6, 512) == 300
+
+
+# -- batches cheaper than a hand-off: built by the consumer ---------------------------
+import functools  # noqa: E402
+import threading  # noqa: E402
+
+
+def _built_by(batches):
+    return [int(b[1][0]) for b in batches]
+
+
+@pytest.fixture
+def cheap_thresholds(monkeypatch):
+    """Makes every measured batch "cheap" and never too costly to build here."""
+    monkeypatch.setattr(window_module, "INLINE_BATCH_SECONDS", 1.0)
+    monkeypatch.setattr(window_module, "INLINE_LEAVE_SECONDS", 1.0)
+
+
+@pytest.mark.timeout(60)
+def test_tiny_cheap_batches_are_built_by_the_consumer_once_measured(closing):
+    # Real thresholds: a few-µs batch costs less than handing it to a thread.
+    pool = closing(ThreadPool(Job(fetch=wf.ident_batch), 2))
+    got = list(ordered(pool, _tasks(3000), 10, elastic=256))
+    assert _ids(got) == list(range(3000))
+    built_by = _built_by(got)
+    here = threading.get_ident()
+    assert here not in built_by[:10]  # the first window went to the workers, unmeasured
+    assert built_by.count(here) > 1000
+
+
+@pytest.mark.timeout(60)
+def test_slow_batches_stay_on_the_worker_threads(closing):
+    pool = closing(ThreadPool(Job(fetch=functools.partial(wf.ident_batch_slow_from, 0)), 2))
+    got = list(ordered(pool, _tasks(60), 10, elastic=256))
+    assert _ids(got) == list(range(60))
+    assert threading.get_ident() not in _built_by(got)
+
+
+@pytest.mark.timeout(60)
+def test_batches_go_back_to_the_workers_when_they_grow_costly(closing, monkeypatch):
+    monkeypatch.setattr(window_module, "INLINE_BATCH_SECONDS", 1e-3)  # the cheap batches surely qualify
+    pool = closing(ThreadPool(Job(fetch=functools.partial(wf.ident_batch_slow_from, 200)), 2))
+    got = list(ordered(pool, _tasks(300), 10, elastic=256))
+    assert _ids(got) == list(range(300))
+    built_by = _built_by(got)
+    here = threading.get_ident()
+    assert here in built_by[:200]
+    # A slow batch or two is built here before the moving average says so;
+    # after that the workers build them (and keep them for a while).
+    assert here not in built_by[220:]
+
+
+@pytest.mark.timeout(60)
+def test_batches_in_flight_are_delivered_before_the_consumer_builds_in_order(closing, cheap_thresholds):
+    pool = closing(ThreadPool(Job(fetch=wf.ident_batch), 2))
+    got = list(ordered(pool, _tasks(50), 8, elastic=256))
+    assert _ids(got) == list(range(50))
+    built_by = _built_by(got)
+    here = threading.get_ident()
+    first_here = built_by.index(here)
+    assert 0 < first_here <= 8 and set(built_by[first_here:]) == {here}
+
+
+@pytest.mark.timeout(60)
+def test_a_batch_failing_on_the_consumer_raises_in_its_place_and_is_handed_back(closing, cheap_thresholds):
+    pool = closing(ThreadPool(Job(fetch=lambda i: wf.explode_on_index(30, i)), 2))
+    abandoned, got = [], []
+    tasks = iter(_tasks(40))
+    with pytest.raises(wf.UserBoom):
+        for batch in ordered(pool, tasks, 8, on_abandon=abandoned.extend, elastic=256):
+            got.append(batch)
+    assert _ids(got) == list(range(30))
+    assert [task.index for task, _ in abandoned] == [30]
+    assert [task.index for task in tasks] == list(range(31, 40))  # never taken from the source
+
+
+@pytest.mark.timeout(60)
+def test_the_consumer_builds_nothing_without_an_elastic_window(closing, cheap_thresholds):
+    # Streams (no elastic window) keep every transform on the workers.
+    pool = closing(ThreadPool(Job(fetch=wf.ident_batch), 2))
+    got = list(ordered(pool, _tasks(200), 8))
+    assert _ids(got) == list(range(200))
+    assert threading.get_ident() not in _built_by(got)
+
+
+@pytest.mark.timeout(60)
+def test_a_pinned_task_met_while_the_consumer_builds_goes_to_its_worker_in_its_place(closing, cheap_thresholds):
+    pool = closing(ThreadPool(Job(fetch=wf.ident_batch), 2))
+    items = [*_tasks(40), Task(TaskKind.FETCH, 0, 40, worker=1), *_tasks(60)[41:]]
+    got = list(ordered(pool, items, 8, elastic=256))
+    assert _ids(got) == list(range(60))
+    built_by = _built_by(got)
+    here = threading.get_ident()
+    assert built_by[39] == here and built_by[40] != here
