@@ -164,13 +164,15 @@ CONFIGS = [
     Config("Keras PyDataset, 2 threads", "keras", _keras(2, False), ALL_PATHS, 2),
     Config("Keras PyDataset, 2 processes", "keras", _keras(2, True), ALL_PATHS, 2, True),
     Config("seqify, workers=0", "seqify", _seqify(0, False), ALL_PATHS, 0),
+    Config("seqify, 1 thread (default)", "seqify", _seqify(1, False), ALL_PATHS, 1),
     Config("seqify, 2 threads", "seqify", _seqify(2, False), ALL_PATHS, 2),
     Config("seqify, 2 processes", "seqify", _seqify(2, True), ALL_PATHS, 2, True),
     Config("torch DataLoader, 2 processes", "torch", _peer(TorchLoader, 2), PEER_PATHS, 2, True),
     Config("Grain DataLoader, 2 processes", "grain", _peer(GrainLoader, 2), PEER_PATHS, 2, True),
     Config("tf.data in-graph dataset (ceiling)", "ceiling", GraphOnly, ("tf", "tf32")),
 ]
-QUICK_SKIP = {(path, "Keras PyDataset, 2 processes") for path in ("jax", "torch", "tf32")} | {("tf32", "seqify, 2 processes")}
+QUICK_SKIP = ({(path, "Keras PyDataset, 2 processes") for path in ("jax", "torch", "tf32")} | {("tf32", "seqify, 2 processes")}
+              | {(path, "seqify, 1 thread (default)") for path in ("tf32",) + FIT_PATHS})
 
 WORKLOADS = {
     "tiny": workloads.tiny,

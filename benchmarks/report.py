@@ -85,9 +85,11 @@ def targets(records):
     plain = rate("numpy", "tiny", "plain loop")
     check("tiny, seqify 2 threads vs plain loop (numpy path)", div(rate("numpy", "tiny", "seqify, 2 threads"), plain), 0.5)
     check("tiny, seqify 2 processes vs plain loop (numpy path)", div(rate("numpy", "tiny", "seqify, 2 processes"), plain), 0.25)
-    keras1 = rate("numpy", "tiny", "Keras PyDataset, workers=1")
-    for config in ("seqify, workers=0", "seqify, 2 threads", "seqify, 2 processes"):
-        check(f"tiny, {config} vs Keras workers=1 (numpy path, never slower)", div(rate("numpy", "tiny", config), keras1), 1.0)
+    for path in ("numpy", "jax", "torch"):
+        keras1 = rate(path, "tiny", "Keras PyDataset, workers=1")
+        for config in ("seqify, workers=0", "seqify, 1 thread (default)", "seqify, 2 threads", "seqify, 2 processes"):
+            if keras1 and rate(path, "tiny", config):
+                check(f"tiny, {config} vs Keras workers=1 ({path} path, never slower)", div(rate(path, "tiny", config), keras1), 1.0)
     for path in ("tf", "tf32"):
         keras_tf = _best(records, path, "tiny", "keras")
         seq_tf = _best(records, path, "tiny", "seqify")
@@ -131,7 +133,11 @@ def chart(records, path_png):
     import matplotlib.pyplot as plt
 
     paths = [p for p in PATH_ORDER if any(r["path"] == p and "rates" in r for r in records)]
-    fig, axes = plt.subplots(len(paths), 1, figsize=(12, 3.6 * len(paths)), squeeze=False)
+    # One colour per configuration in every panel (tab20: no repeats up to 20 rows).
+    every_config = list(dict.fromkeys(r["config"] for r in records if "rates" in r))
+    palette = plt.get_cmap("tab20")
+    colour = {config: palette(i % 20) for i, config in enumerate(every_config)}
+    fig, axes = plt.subplots(len(paths), 1, figsize=(14, 3.6 * len(paths)), squeeze=False)
     for ax, path in zip(axes[:, 0], paths):
         rows = [r for r in records if r["path"] == path and "rates" in r]
         workloads = list(dict.fromkeys(r["workload"] for r in rows))
@@ -148,14 +154,14 @@ def chart(records, path_png):
                 ys.append(m)
                 errs[0].append(m - min(r["rates"]))
                 errs[1].append(max(r["rates"]) - m)
-            ax.bar(xs, ys, width, yerr=errs, label=config, capsize=2)
+            ax.bar(xs, ys, width, yerr=errs, label=config, capsize=2, color=colour[config])
         ax.set_yscale("log")
         ax.set_xticks(range(len(workloads)))
         ax.set_xticklabels(workloads)
         ax.set_ylabel("batches/s (log)")
         ax.set_title(f"{path} path", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=3, loc="upper right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path_png, dpi=110)
     plt.close(fig)
