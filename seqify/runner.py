@@ -376,14 +376,12 @@ class EpochRunner:
         if check is not None:
             check()  # a worker that died between passes is reported as such
         try:
-            if getattr(pool, "inline", False):
-                yield from self._inline_pool(pool, self.source.tasks(plan, self.state), submitted)
-                return
             # Read-ahead of random-access sources costs only memory: their
             # window may grow for tiny, cheap batches (see engine/window.py).
             elastic = ELASTIC_WINDOW if self.source.reorders else None
             # The window records each task it takes in `submitted` and times
-            # getting it (a stream's next item) as input wait.
+            # getting it (a stream's next item) as input wait; with workers=0
+            # (an inline pool) building the batch is input wait too.
             yield from ordered(pool, self.source.tasks(plan, self.state), self.window(), self._abandon, elastic, prepare,
                                track=submitted.append)
         except errors.WorkerDiedError:
@@ -391,39 +389,6 @@ class EpochRunner:
                 if self._pool is pool:
                     self._close_pool()
             raise
-
-    def _inline_pool(self, pool, items, submitted):
-        # workers=0: `_tracked` and the window's inline loop in one generator
-        # level (this runs once per batch). Getting the task and building
-        # the batch are both input wait.
-        run = pool.run
-        clock = input_wait.clock
-        add = input_wait.add
-        append = submitted.append
-        items = iter(items)
-        while True:
-            started = clock()
-            try:
-                item = next(items)
-            except StopIteration:
-                add(clock() - started, 0)
-                return
-            if type(item) is Task:
-                append(item)
-                try:
-                    batch = run(item)
-                except BaseException:
-                    self._abandon([(item, NO_HANDLE)])  # a stream keeps the item
-                    raise
-            else:  # a ready handle (a batch read ahead in an earlier pass)
-                append(item.task)
-                try:
-                    batch = item.result()
-                except BaseException:
-                    self._abandon([(item.task, item)])
-                    raise
-            add(clock() - started)
-            yield batch
 
     def _inline(self, plan: Pass, submitted):
         # Nothing to parallelize (an untransformed stream): no window, no

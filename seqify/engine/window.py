@@ -242,18 +242,34 @@ def _windowed(pool, items, base, on_abandon, elastic=None, prepare=None, track=N
 def _inline(pool, items, on_abandon, track=None):
     # workers=0: nothing runs ahead, so there is no window to keep; a task
     # whose batch function raised is handed back like any undelivered one.
+    # Getting the item and building the batch are both input wait.
     run = pool.run
     clock = input_wait.clock
     add_wait = input_wait.add
-    for item in items:
+    items = iter(items)
+    while True:
         started = clock()
-        if track is not None:
-            track(item if type(item) is Task else item.task)
         try:
-            result = run(item) if type(item) is Task else item.result()
-        except BaseException:
-            (on_abandon or discard_all)([(item, _RAN)] if type(item) is Task else [(item.task, item)])
-            raise
+            item = next(items)
+        except StopIteration:
+            add_wait(clock() - started, 0)
+            return
+        if type(item) is Task:
+            if track is not None:
+                track(item)
+            try:
+                result = run(item)
+            except BaseException:
+                (on_abandon or discard_all)([(item, _RAN)])  # a stream keeps the item
+                raise
+        else:  # a ready handle (e.g. a batch read ahead in an earlier pass)
+            if track is not None:
+                track(item.task)
+            try:
+                result = item.result()
+            except BaseException:
+                (on_abandon or discard_all)([(item.task, item)])
+                raise
         add_wait(clock() - started)
         yield result
 
