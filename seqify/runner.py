@@ -21,12 +21,11 @@ from typing import Callable, Iterator, Optional
 from seqify import input_wait
 from seqify.engine import errors, tree
 from seqify.engine.inline_pool import InlinePool
-from seqify.engine.messages import Task
 from seqify.engine.shm_transport import MAX_SLOTS
 from seqify.engine.thread_pool import ThreadPool
 from seqify.engine.window import ordered
 from seqify.settings import AUTO, Settings
-from seqify.source import NO_HANDLE, Pass, Source
+from seqify.source import Pass, Source
 
 logger = logging.getLogger("seqify")
 
@@ -348,24 +347,6 @@ class EpochRunner:
             self.source.give_back(entries, self.state)
             return count
 
-    def _tracked(self, items, submitted):
-        # Records what goes in flight, and times each `next()` as input wait
-        # (a stream's next item); one generator level for both, per batch.
-        items = iter(items)
-        clock = input_wait.clock
-        add = input_wait.add
-        append = submitted.append
-        while True:
-            started = clock()
-            try:
-                item = next(items)
-            except StopIteration:
-                add(clock() - started, 0)
-                return
-            add(clock() - started, 0)
-            append(item if type(item) is Task else item.task)
-            yield item
-
     def _parallel(self, plan: Pass, submitted, prepare=None):
         pool = self.pool()
         if getattr(pool, "use_multiprocessing", False) and self.source.reship():
@@ -391,19 +372,10 @@ class EpochRunner:
             raise
 
     def _inline(self, plan: Pass, submitted):
-        # Nothing to parallelize (an untransformed stream): no window, no
-        # handles, just the job on this thread.
-        run = self.source.make_job().run
-        clock = input_wait.clock
-        for task in self._tracked(self.source.tasks(plan, self.state), submitted):
-            started = clock()
-            try:
-                batch = run(task)
-            except BaseException:
-                self._abandon([(task, NO_HANDLE)])  # a stream keeps the item
-                raise
-            input_wait.add(clock() - started)
-            yield batch
+        # Nothing to parallelize (an untransformed stream): the window's
+        # inline loop runs the job on this thread, no pool to keep.
+        return ordered(InlinePool(self.source.make_job()), self.source.tasks(plan, self.state), 1, self._abandon,
+                       track=submitted.append)
 
     def _abandon(self, pending) -> None:
         self.source.abandon(pending, self.state)
